@@ -1,0 +1,85 @@
+"""The code of a run: ``git archive`` of one commit, and safe ways to unpack it.
+
+The archive is the only way code reaches a run: it is the Docker build context, it is
+copied into the container at /code, and the process backend extracts it. The work tree is
+never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO
+
+from .errors import GitError, UnsafeArchiveError
+from .gitguard import git_environment
+
+CODE_DIR = "code"
+CONFIG_DIR = "expman"
+
+
+def write_archive(repo: Path, commit: str, dest: Path) -> str:
+    """``git archive`` ``commit`` into ``dest``; returns the archive's sha256."""
+    argv = ["git", "-C", str(repo), "archive", "--format=tar", commit]
+    with open(dest, "wb") as out:
+        proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=git_environment(os.environ))
+    if proc.returncode != 0:
+        dest.unlink(missing_ok=True)
+        raise GitError(argv[3:], proc.returncode, proc.stderr.decode(errors="replace"))
+    return file_sha256(dest)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Extract refusing absolute paths, '..', links that leave ``dest`` and device files."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(f"{archive} holds an unsafe member ({exc}); refusing to extract it") from None
+    except tarfile.TarError as exc:
+        raise UnsafeArchiveError(f"{archive} is not a readable tar archive ({exc})") from None
+
+
+def container_payload(archive: Path, config_json: bytes) -> IO[bytes]:
+    """A tar to unpack at / in a container: the archive under code/, the config at expman/.
+
+    Entries are re-rooted rather than extracted, so nothing from the archive touches the
+    host's file system on the way in.
+    """
+    payload = tempfile.TemporaryFile()
+    with tarfile.open(archive) as src, tarfile.open(fileobj=payload, mode="w") as dst:
+        for directory in (CODE_DIR, CONFIG_DIR):
+            dst.addfile(_directory_entry(directory))
+        for member in src:
+            if member.name in ("", ".") or member.type == tarfile.XGLTYPE:
+                continue
+            fileobj = src.extractfile(member) if member.isfile() else None
+            member.name = f"{CODE_DIR}/{member.name.lstrip('./')}"
+            if member.islnk():
+                member.linkname = f"{CODE_DIR}/{member.linkname}"
+            dst.addfile(member, fileobj)
+        info = tarfile.TarInfo(f"{CONFIG_DIR}/config.json")
+        info.size, info.mode = len(config_json), 0o644
+        dst.addfile(info, io.BytesIO(config_json))
+    payload.seek(0)
+    return payload
+
+
+def _directory_entry(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info

@@ -1,0 +1,176 @@
+"""Runs in a container on a Docker engine (this machine's, or the one DOCKER_HOST names)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import requests
+from docker.types import DeviceRequest, Mount
+
+from .. import image as images
+from ..archive import container_payload
+from ..errors import BuildError, ConfigError, LaunchError
+from ..logsink import STDERR, STDOUT, LogSink
+from ..record import RunRecord, save_record
+from ..rundir import RunDir
+from .base import Backend, EndState, Execution
+
+if TYPE_CHECKING:
+    from ..progress import Reporter
+    from ..submission import Plan
+
+CODE_PATH, OUTPUT_PATH, CONFIG_PATH = "/code", "/output", "/expman/config.json"
+
+
+def container_environment(record: RunRecord) -> dict[str, str]:
+    return {
+        "EXPMAN_RUN_ID": record.run_id,
+        "EXPMAN_OUTPUT_DIR": OUTPUT_PATH,
+        "EXPMAN_CONFIG": CONFIG_PATH,
+        "HOME": "/tmp",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def container_spec(record: RunRecord, run: RunDir) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: a pure function of the record."""
+    res = record.resources
+    spec: dict[str, Any] = {
+        "image": record.image.image_id,
+        "command": list(record.command),
+        "working_dir": CODE_PATH,
+        "user": f"{record.submitter.uid}:{record.submitter.gid}",
+        "init": True,
+        "security_opt": ["no-new-privileges"],
+        "environment": container_environment(record),
+        "labels": {"expman.run_id": record.run_id, "expman.commit": record.git.commit},
+        "mounts": [Mount(target=OUTPUT_PATH, source=str(run.output), type="bind", read_only=False)],
+        "detach": True,
+    }
+    if res.get("cpus"):
+        spec["nano_cpus"] = int(res["cpus"] * 1e9)
+    if res.get("memory_bytes"):
+        spec["mem_limit"] = res["memory_bytes"]
+        spec["memswap_limit"] = res["memory_bytes"]  # no swap: the limit is the limit
+    if res.get("gpus"):
+        spec["device_requests"] = [DeviceRequest(count=res["gpus"], capabilities=[["gpu"]])]
+    return spec
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(environ)
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = images.connect(self.environ)
+        return self._client
+
+    def check(self, plan: Plan) -> None:
+        if plan.dockerfile is None:
+            raise ConfigError(
+                f"commit {plan.commit[:12]} has no {plan.config.settings.dockerfile}; commit one or use --backend process"
+            )
+        self.client  # noqa: B018 - connecting is the check
+
+    def describe(self, plan: Plan) -> dict[str, Any]:
+        return {**super().describe(plan), "image_tag": plan.image_tag, "docker_host": self.redactor.text(images.docker_host(self.environ))}
+
+    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+        record.image.engine_version = images.engine_version(self.client)
+        record.image.image_tag = plan.image_tag
+        with reporter.activity(f"building image {plan.image_tag}") as step:
+            try:
+                record.image.image_id = images.build_image(
+                    self.client, run.code_tar, plan.config.settings.dockerfile, plan.image_tag,
+                    run.build_log, self.redactor, on_step=step,
+                )
+            except BuildError as exc:
+                record.warnings.append(exc.message)
+                save_record(run, record)
+                raise
+        reporter.info(f"image {record.image.image_id[:19]} ({plan.image_tag})")
+
+    def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
+        try:
+            container = self.client.containers.create(**container_spec(record, run))
+            record.container_id = container.id
+            with container_payload(run.code_tar, run.config.read_bytes()) as payload:
+                container.put_archive("/", payload)
+            execution = ContainerExecution(self.client, container, sink)
+            container.start()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
+        execution.begin_streaming()
+        return execution
+
+
+class ContainerExecution(Execution):
+    def __init__(self, client: docker.DockerClient, container: Any, sink: LogSink) -> None:
+        self._client, self._container, self._sink = client, container, sink
+        self._pump = threading.Thread(target=self._pump_output, daemon=True)
+        self._stats = threading.Thread(target=self._watch_memory, daemon=True)
+        self._peak_memory: int | None = None
+
+    def begin_streaming(self) -> None:
+        self._pump.start()
+        self._stats.start()
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        self._pump.join(timeout_s)
+        if self._pump.is_alive():
+            return None
+        result = self._client.api.wait(self._container.id)
+        return int(result.get("StatusCode", -1))
+
+    def stop(self, grace_s: float) -> None:
+        try:
+            self._container.stop(timeout=int(grace_s))
+        except docker.errors.NotFound:
+            pass
+
+    def kill(self) -> None:
+        try:
+            self._container.kill()
+        except docker.errors.APIError:
+            pass  # already ended
+
+    def end_state(self, exit_code: int) -> EndState:
+        state = self._client.api.inspect_container(self._container.id)["State"]
+        self._stats.join(5)
+        return EndState(exit_code=int(state.get("ExitCode", exit_code)), oom_killed=bool(state.get("OOMKilled")),
+                        peak_memory_bytes=self._peak_memory)
+
+    def cleanup(self) -> None:
+        try:
+            self._container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+    def _pump_output(self) -> None:
+        """Copy the container's output into the sink until the container ends."""
+        frames = self._client.api.attach(self._container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        for out, err in frames:
+            if out:
+                self._sink.write(STDOUT, out)
+            if err:
+                self._sink.write(STDERR, err)
+
+    def _watch_memory(self) -> None:
+        """Track peak memory from the engine's stats (cgroup v1 max_usage, else sampled usage)."""
+        try:
+            for stats in self._container.stats(stream=True, decode=True):
+                memory = stats.get("memory_stats") or {}
+                observed = memory.get("max_usage") or memory.get("usage")
+                if observed:
+                    self._peak_memory = max(self._peak_memory or 0, int(observed))
+        except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError):
+            pass  # telemetry only: a lost stats stream leaves the peak unknown

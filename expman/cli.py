@@ -1,0 +1,225 @@
+"""Command line: argument parsing and output only. ``main`` is the only place that turns
+errors into messages and exit codes (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .backends import BACKENDS, make_backend
+from .errors import ExpmanError, RunCancelledError, RunFailedError, UsageError
+from .progress import Reporter
+from .record import CANCELLED, FINAL_STATUSES, STATUSES, SUCCEEDED, RunRecord, load_record
+from .rundir import RunDir, find_run, list_runs, resolve_runs_root
+from .submission import describe_plan, plan_submission, submit
+
+_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta", "lost": "red"}
+_FOLLOW_POLL_S = 0.25
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit; we raise like every other error
+        raise UsageError(f"{message}; see '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="expman", description="Reproducible ML experiments from committed code.")
+    parser.add_argument("--version", action="version", version=f"expman {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = commands.add_parser("submit", help="run a commit of the experiments branch")
+    p.add_argument("--commit-hash", metavar="REF", help="commit to run (hash, short hash, tag); default HEAD")
+    p.add_argument("--backend", choices=sorted(BACKENDS), help="where to run (default from config: local)")
+    p.add_argument("--detach", action="store_true", help="return once the run has started")
+    p.add_argument("--dry-run", action="store_true", help="run every check, print what would run, write nothing")
+    p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
+
+    p = commands.add_parser("runs", help="list runs, newest first")
+    _add_runs_root(p)
+    p.add_argument("--status", choices=STATUSES, action="append", help="only runs with this status (repeatable)")
+    p.add_argument("--commit", help="only runs of commits starting with this")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = commands.add_parser("show", help="show one run's record")
+    _add_runs_root(p)
+    p.add_argument("run", help="run id or unique prefix")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = commands.add_parser("logs", help="print a run's logs")
+    _add_runs_root(p)
+    p.add_argument("run", help="run id or unique prefix")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    p.add_argument("--stream", choices=("all", "stdout", "stderr", "build"), default="all")
+    return parser
+
+
+def _add_runs_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-root", type=Path, help="default: EXPMAN_RUNS_ROOT, config.json's runs_root, or ~/.local/share/expman/runs")
+    parser.add_argument("-C", "--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console, errors = Console(highlight=False), Console(stderr=True, highlight=False)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args, argv, console)
+    except ExpmanError as exc:
+        if debug:
+            traceback.print_exc()
+        errors.print(f"expman: error: {exc.message}", markup=False, soft_wrap=True, style="red")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        errors.print("expman: interrupted", style="red")
+        return RunCancelledError.exit_code
+
+
+def cmd_submit(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    environ = dict(os.environ)
+    plan = plan_submission(args.repo, args.commit_hash, args.backend, environ)
+    if args.dry_run:
+        backend = make_backend(plan.backend, environ)
+        backend.check(plan)
+        console.print_json(json.dumps(describe_plan(plan, backend)))
+        return 0
+    record = submit(plan, environ, Reporter(), ["expman", *argv], detach=args.detach)
+    where = plan.runs_root / record.run_id
+    if args.detach:
+        console.print(f"run {record.run_id} {record.status}; follow it with: expman logs {record.run_id} --follow", markup=False)
+        return 0
+    if record.status == CANCELLED:
+        raise RunCancelledError(f"run {record.run_id} cancelled; record in {where}")
+    if record.status != SUCCEEDED:
+        raise RunFailedError(f"run {record.run_id} failed ({record.reason}); logs in {where / 'logs'}")
+    console.print(f"run {record.run_id} succeeded in {record.duration_s:.1f}s; outputs in {where / 'output'}", markup=False)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    records = [load_record(r) for r in list_runs(_runs_root(args))]
+    if args.status:
+        records = [r for r in records if r.status in args.status]
+    if args.commit:
+        records = [r for r in records if r.git.commit.startswith(args.commit)]
+    if args.format == "json":
+        console.print_json(json.dumps([r.to_dict() for r in records]))
+        return 0
+    table = Table("id", "status", "commit", "subject", "backend", "host", "started", "duration")
+    for r in records:
+        table.add_row(
+            r.run_id, f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]", r.git.commit[:10], _escape(r.git.subject[:50]),
+            r.backend, r.host or "", (r.started_at or "")[:19].replace("T", " "), _duration(r.duration_s),
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    run = find_run(_runs_root(args), args.run)
+    record = load_record(run)
+    if args.format == "json":
+        console.print_json(run.record.read_text())
+        return 0
+    table = Table(show_header=False, box=None)
+    for key, value in _summary(record, run).items():
+        table.add_row(f"[bold]{key}[/]", _escape(str(value)))
+    console.print(table)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    run = find_run(_runs_root(args), args.run)
+    streams = {"stdout": [run.stdout_log], "stderr": [run.stderr_log], "build": [run.build_log]}
+    paths = streams.get(args.stream) or [run.stdout_log, run.stderr_log]
+    targets = {run.stdout_log: sys.stdout.buffer, run.build_log: sys.stdout.buffer, run.stderr_log: sys.stderr.buffer}
+    offsets = {p: 0 for p in paths}
+    while True:
+        final = load_record(run).status in FINAL_STATUSES
+        for path in paths:
+            offsets[path] = _copy_new_bytes(path, offsets[path], targets[path])
+        if not args.follow or final:
+            return 0
+        time.sleep(_FOLLOW_POLL_S)
+
+
+def _copy_new_bytes(path: Path, offset: int, target: Any) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return offset
+    target.write(data)
+    target.flush()
+    return offset + len(data)
+
+
+def _runs_root(args: argparse.Namespace) -> Path:
+    """--runs-root, else EXPMAN_RUNS_ROOT, else runs_root from the repository's config.json."""
+    if args.runs_root:
+        return args.runs_root
+    configured, repo = None, None
+    try:
+        from .gitguard import find_repository
+
+        repo = find_repository(args.repo)
+        section = json.loads((repo / "config.json").read_text()).get("expman", {})
+        configured = section.get("runs_root") if isinstance(section, dict) else None
+    except (ExpmanError, OSError, ValueError):
+        pass
+    return resolve_runs_root(configured, repo, os.environ)
+
+
+def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
+    return {
+        "run": record.run_id, "status": f"{record.status}" + (f" ({record.reason})" if record.reason else ""),
+        "commit": f"{record.git.commit} {record.git.subject}", "branch": record.git.branch,
+        "author": f"{record.git.author} <{record.git.author_email}> {record.git.commit_date}",
+        "remote": record.git.remote_url or "", "command": " ".join(record.command), "backend": record.backend,
+        "host": record.host or "", "image": f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip(),
+        "container": record.container_id or "", "queued": record.queued_at, "started": record.started_at or "",
+        "ended": record.ended_at or "", "duration": _duration(record.duration_s),
+        "exit code": "" if record.exit_code is None else record.exit_code,
+        "oom killed": "" if record.oom_killed is None else record.oom_killed,
+        "peak memory": _bytes(record.peak_memory_bytes), "directory": run.path,
+        **({"warnings": "; ".join(record.warnings)} if record.warnings else {}),
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h{m:02d}m{s:02d}s" if hours else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+_COMMANDS = {"submit": cmd_submit, "runs": cmd_runs, "show": cmd_show, "logs": cmd_logs}

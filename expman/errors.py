@@ -1,0 +1,127 @@
+"""Every error expman raises on purpose.
+
+Each error is one line a user can act on: what is wrong and how to fix it. Each kind has
+its own exit code so that scripts can tell refusals apart; only ``cli.main`` turns
+errors into output and exit codes.
+"""
+
+from __future__ import annotations
+
+
+class ExpmanError(Exception):
+    """Base class: a message for the user and the process exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(ExpmanError):
+    exit_code = 2
+
+
+class ConfigError(ExpmanError):
+    exit_code = 3
+
+
+class RunFailedError(ExpmanError):
+    """The run itself ended failed (non-zero exit, timeout, OOM)."""
+
+    exit_code = 4
+
+
+class RunCancelledError(ExpmanError):
+    exit_code = 130
+
+
+# --- git discipline: refused before anything is built or written -------------------
+
+
+class NotARepositoryError(ExpmanError):
+    exit_code = 10
+
+
+class DirtyTreeError(ExpmanError):
+    exit_code = 11
+
+
+class UntrackedFilesError(ExpmanError):
+    exit_code = 12
+
+
+class WrongBranchError(ExpmanError):
+    exit_code = 13
+
+
+class UnknownRefError(ExpmanError):
+    exit_code = 14
+
+
+class UnreachableCommitError(ExpmanError):
+    exit_code = 15
+
+
+class NotPushedError(ExpmanError):
+    exit_code = 16
+
+
+class UnsupportedContentError(ExpmanError):
+    """LFS pointers or submodules: the archive would not hold the real content."""
+
+    exit_code = 17
+
+
+class GitError(ExpmanError):
+    """A git command failed unexpectedly; carries its stderr."""
+
+    exit_code = 18
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no output"
+        super().__init__(f"git {' '.join(argv)} failed (exit {returncode}): {detail}")
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+# --- execution ------------------------------------------------------------------------
+
+
+class DockerUnavailableError(ExpmanError):
+    exit_code = 20
+
+
+class BuildError(ExpmanError):
+    """The image build failed; the build log is kept for the record."""
+
+    exit_code = 21
+
+    def __init__(self, reason: str, build_log: str = "") -> None:
+        super().__init__(reason)
+        self.build_log = build_log
+
+
+class LaunchError(ExpmanError):
+    exit_code = 22
+
+
+class UnsafeArchiveError(ExpmanError):
+    exit_code = 23
+
+
+# --- looking at runs ----------------------------------------------------------------
+
+
+class RunNotFoundError(ExpmanError):
+    exit_code = 30
+
+
+class AmbiguousRunError(ExpmanError):
+    exit_code = 31
+
+
+class RecordError(ExpmanError):
+    """A run record could not be read or written."""
+
+    exit_code = 32

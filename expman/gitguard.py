@@ -1,0 +1,221 @@
+"""Git discipline: only committed code on the configured branch runs.
+
+Every check here runs before anything is built or written. git is always called with
+argv lists and an environment stripped of the variables that would point it at another
+repository (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import (
+    DirtyTreeError,
+    GitError,
+    NotARepositoryError,
+    NotPushedError,
+    UnknownRefError,
+    UnreachableCommitError,
+    UnsupportedContentError,
+    UntrackedFilesError,
+    WrongBranchError,
+)
+
+# Variables that make git operate on a repository other than the one we were asked about.
+_REDIRECTING_VARIABLES = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+)
+_LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+_LFS_POINTER_MAX_BYTES = 1024
+_MAX_LISTED_PATHS = 10
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    subject: str
+    author: str
+    author_email: str
+    commit_date: str
+
+
+def git_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if k not in _REDIRECTING_VARIABLES}
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_OPTIONAL_LOCKS="0")
+    return env
+
+
+def run_git(repo: Path, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """Run ``git -C repo args...``; raise GitError with stderr when it fails and check is set."""
+    argv = ["git", "-C", str(repo), *args]
+    proc = subprocess.run(argv, input=stdin, capture_output=True, env=git_environment(os.environ))
+    if check and proc.returncode != 0:
+        raise GitError(list(args), proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc
+
+
+def git_text(repo: Path, *args: str) -> str:
+    return run_git(repo, *args).stdout.decode(errors="replace").strip()
+
+
+def find_repository(path: Path) -> Path:
+    """The top of the work tree containing ``path``."""
+    proc = run_git(path, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0:
+        raise NotARepositoryError(f"{path} is not inside a git work tree; run expman in your experiment repository")
+    return Path(proc.stdout.decode().strip())
+
+
+def current_branch(repo: Path) -> str | None:
+    """The checked-out branch, or None on a detached HEAD."""
+    proc = run_git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def ensure_branch(repo: Path, branch: str, explicit_ref: bool) -> None:
+    current = current_branch(repo)
+    if current is None and not explicit_ref:
+        raise WrongBranchError(
+            f"HEAD is detached, not on branch {branch!r}; run 'git checkout {branch}' or pass --commit-hash"
+        )
+    if current is not None and current != branch:
+        raise WrongBranchError(
+            f"on branch {current!r}, but experiments run from {branch!r}; run 'git checkout {branch}' "
+            f"(or set \"branch\" in the expman section of config.json)"
+        )
+
+
+def ensure_clean_tree(repo: Path, allow_untracked: bool) -> None:
+    """Refuse modified or staged tracked files, and untracked files git does not ignore."""
+    out = run_git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none").stdout
+    entries = [e.decode(errors="replace") for e in out.split(b"\0") if e]
+    changed, untracked, skip_next = [], [], False
+    for entry in entries:
+        if skip_next:  # the source path of a rename
+            skip_next = False
+            continue
+        status, path = entry[:2], entry[3:]
+        if status == "??":
+            untracked.append(path)
+        else:
+            changed.append(path)
+            skip_next = "R" in status or "C" in status
+    if changed:
+        raise DirtyTreeError(
+            f"uncommitted changes in {_list_paths(changed)}; commit or stash them (only committed code runs)"
+        )
+    if untracked and not allow_untracked:
+        raise UntrackedFilesError(
+            f"untracked files {_list_paths(untracked)} would be missing from the run; commit them, add them "
+            f"to .gitignore, or set \"allow_untracked\": true"
+        )
+
+
+def resolve_commit(repo: Path, ref: str) -> str:
+    """Full hash of a commit named by a full or short hash, tag or branch."""
+    if ref.startswith("-"):
+        raise UnknownRefError(f"{ref!r} is not a commit; pass a hash, tag or branch name")
+    proc = run_git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
+    if proc.returncode != 0:
+        raise UnknownRefError(f"{ref!r} does not name a commit in {repo}; check 'git log' for the hash or tag")
+    return proc.stdout.decode().strip()
+
+
+def ensure_reachable(repo: Path, commit: str, branch: str) -> None:
+    if run_git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False).returncode != 0:
+        raise WrongBranchError(f"branch {branch!r} does not exist; create it or set \"branch\" in config.json")
+    if not _is_ancestor(repo, commit, f"refs/heads/{branch}"):
+        raise UnreachableCommitError(
+            f"commit {commit[:12]} is not on branch {branch!r}; merge it into {branch} or pick a commit from "
+            f"'git log {branch}'"
+        )
+
+
+def ensure_pushed(repo: Path, commit: str, branch: str, remote: str) -> None:
+    """The commit must be contained in the remote-tracking branch (as last fetched)."""
+    tracking = f"refs/remotes/{remote}/{branch}"
+    if run_git(repo, "rev-parse", "--verify", "--quiet", tracking, check=False).returncode != 0:
+        raise NotPushedError(f"no remote-tracking branch {remote}/{branch}; run 'git push -u {remote} {branch}'")
+    if not _is_ancestor(repo, commit, tracking):
+        raise NotPushedError(
+            f"commit {commit[:12]} is not on {remote}/{branch} (\"require_pushed\" is set); run 'git push {remote} {branch}'"
+        )
+
+
+def ensure_plain_content(repo: Path, commit: str) -> None:
+    """Refuse submodules and Git LFS pointers: git archive would not contain their content."""
+    listing = run_git(repo, "ls-tree", "-r", "-z", "-l", "--full-tree", commit).stdout
+    small_blobs: dict[str, str] = {}
+    for entry in filter(None, listing.split(b"\0")):
+        meta, _, raw_path = entry.partition(b"\t")
+        mode, kind, oid, size = meta.decode().split()
+        path = raw_path.decode(errors="replace")
+        if kind == "commit":
+            raise UnsupportedContentError(
+                f"submodule {path!r} in commit {commit[:12]}: its code would not be archived; vendor it "
+                f"into the repository or install it in the Dockerfile"
+            )
+        if kind == "blob" and size != "-" and int(size) <= _LFS_POINTER_MAX_BYTES:
+            small_blobs[oid] = path
+    lfs = [small_blobs[oid] for oid in _blobs_with_prefix(repo, list(small_blobs), _LFS_POINTER_PREFIX)]
+    if lfs:
+        raise UnsupportedContentError(
+            f"Git LFS pointer files {_list_paths(sorted(lfs))} in commit {commit[:12]}: the archive would hold "
+            f"pointers, not data; fetch that data in the Dockerfile or at run time instead of storing it in LFS"
+        )
+
+
+def commit_info(repo: Path, commit: str) -> CommitInfo:
+    fields = git_text(repo, "show", "-s", "--format=%H%x00%s%x00%an%x00%ae%x00%cI", commit).split("\0")
+    return CommitInfo(*fields)
+
+
+def read_file_at(repo: Path, commit: str, path: str) -> bytes | None:
+    """Contents of ``path`` in ``commit``, or None when the commit has no such file."""
+    proc = run_git(repo, "cat-file", "blob", f"{commit}:{path}", check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def remote_url(repo: Path, remote: str) -> str | None:
+    proc = run_git(repo, "remote", "get-url", remote, check=False)
+    return proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else None
+
+
+def _is_ancestor(repo: Path, commit: str, ref: str) -> bool:
+    proc = run_git(repo, "merge-base", "--is-ancestor", commit, ref, check=False)
+    if proc.returncode not in (0, 1):
+        raise GitError(["merge-base", "--is-ancestor", commit, ref], proc.returncode, proc.stderr.decode())
+    return proc.returncode == 0
+
+
+def _blobs_with_prefix(repo: Path, oids: list[str], prefix: bytes) -> list[str]:
+    if not oids:
+        return []
+    out = run_git(repo, "cat-file", "--batch", stdin="\n".join(oids).encode() + b"\n").stdout
+    found, pos = [], 0
+    while pos < len(out):
+        header_end = out.index(b"\n", pos)
+        oid, _, size = out[pos:header_end].decode().split()
+        body = out[header_end + 1 : header_end + 1 + int(size)]
+        if body.startswith(prefix):
+            found.append(oid)
+        pos = header_end + 1 + int(size) + 1
+    return found
+
+
+def _list_paths(paths: list[str]) -> str:
+    shown = ", ".join(paths[:_MAX_LISTED_PATHS])
+    more = len(paths) - _MAX_LISTED_PATHS
+    return shown + (f" (and {more} more)" if more > 0 else "")

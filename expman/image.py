@@ -1,0 +1,121 @@
+"""Docker images built from a commit's own Dockerfile, with the engine's layer cache.
+
+The build context is the run's code.tar itself, so the Dockerfile and every file it COPYs
+come from the commit, never from the work tree. Commit-specific facts stay off the image
+(no per-commit labels or build args), so a commit that changes only code reuses every layer
+and gets the same image id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .errors import BuildError, DockerUnavailableError
+from .redact import Redactor
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+
+
+def docker_host(environ: Mapping[str, str]) -> str:
+    return environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+
+def connect(environ: Mapping[str, str], base_url: str | None = None) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (or the local socket), checked with a ping."""
+    url = base_url or docker_host(environ)
+    shown = Redactor(environ).text(url)
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=120)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise DockerUnavailableError(
+            f"cannot reach the Docker engine at {shown} ({reason}); start dockerd (or set DOCKER_HOST) "
+            f"or use --backend process"
+        ) from None
+    return client
+
+
+def engine_version(client: docker.DockerClient) -> str:
+    return str(client.version().get("Version", "unknown"))
+
+
+def dockerfile_hash(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def image_repository(configured: str | None, repo: Path) -> str:
+    """The image name: "image" from config, else expman/<repository directory name>."""
+    if configured:
+        return configured
+    name = re.sub(r"[^a-z0-9]+", "-", repo.name.lower()).strip("-") or "experiment"
+    return f"expman/{name}"
+
+
+def build_image(
+    client: docker.DockerClient,
+    context_tar: Path,
+    dockerfile: str,
+    tag: str,
+    log_path: Path,
+    redactor: Redactor,
+    on_step: Callable[[int, int, str], None] = lambda step, total, text: None,
+) -> str:
+    """Build ``context_tar`` (a git archive) into ``tag``; returns the image id.
+
+    The build output is written to ``log_path`` as it arrives; ``on_step`` sees each step.
+    """
+    last_lines: list[str] = []
+    image_id = None
+    with open(context_tar, "rb") as context, open(log_path, "w", encoding="utf-8") as log:
+        try:
+            chunks = client.api.build(
+                fileobj=context, custom_context=True, dockerfile=dockerfile, tag=tag,
+                rm=True, forcerm=True, pull=False, decode=True,
+            )
+            for chunk in chunks:
+                image_id = _consume_chunk(chunk, log, redactor, on_step, last_lines) or image_id
+        except BuildError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            log.write(f"\n{redactor.text(str(exc))}\n")
+            raise BuildError(f"image build failed: {redactor.text(str(exc))}; see {log_path}") from None
+    if image_id is None:
+        image_id = client.images.get(tag).id
+    return image_id
+
+
+def _consume_chunk(
+    chunk: dict[str, Any],
+    log: Any,
+    redactor: Redactor,
+    on_step: Callable[[int, int, str], None],
+    last_lines: list[str],
+) -> str | None:
+    if "error" in chunk:
+        message = redactor.text(str(chunk["error"]).strip())
+        log.write(message + "\n")
+        log.flush()
+        context = " | ".join(last_lines[-3:])
+        raise BuildError(f"image build failed: {message} (after: {context}); see the build log", message)
+    text = redactor.text(chunk.get("stream", ""))
+    if text:
+        log.write(text)
+        log.flush()
+        for line in text.splitlines():
+            if line.strip():
+                last_lines.append(line.strip())
+            step = _STEP.match(line)
+            if step:
+                on_step(int(step.group(1)), int(step.group(2)), step.group(3))
+    aux = chunk.get("aux")
+    return aux.get("ID") if isinstance(aux, dict) and "ID" in aux else None

@@ -1,0 +1,125 @@
+"""run.json: everything needed to run a run again, and what happened when it ran.
+
+Written atomically at submit (queued), start (running) and end (succeeded, failed,
+cancelled). Every string that could carry a secret has passed through redaction before it
+reaches a record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import RecordError
+from .rundir import RunDir, write_json_atomic
+
+SCHEMA_VERSION = 1
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = "queued", "running", "succeeded", "failed", "cancelled", "lost"
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST)
+FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED, LOST})
+
+
+@dataclass
+class GitInfo:
+    commit: str
+    branch: str
+    subject: str
+    author: str
+    author_email: str
+    commit_date: str
+    remote_url: str | None
+    repository: str
+
+
+@dataclass
+class ImageInfo:
+    dockerfile_hash: str | None = None
+    image_id: str | None = None
+    image_tag: str | None = None
+    engine_version: str | None = None
+
+
+@dataclass
+class Submitter:
+    user: str
+    uid: int
+    gid: int
+    expman_version: str
+    python_version: str
+    argv: list[str]
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    status: str
+    git: GitInfo
+    config_hash: str
+    command: list[str]
+    resources: dict[str, Any]
+    backend: str
+    submitter: Submitter
+    host_facts: dict[str, Any]
+    environment: dict[str, str]
+    queued_at: str
+    schema_version: int = SCHEMA_VERSION
+    reason: str | None = None
+    image: ImageInfo = field(default_factory=ImageInfo)
+    host: str | None = None
+    container_id: str | None = None
+    pid: int | None = None
+    job_id: str | None = None
+    supervisor: dict[str, Any] | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    oom_killed: bool | None = None
+    peak_memory_bytes: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def mark_running(self, now: datetime, host: str) -> None:
+        self.status, self.started_at, self.host = RUNNING, now.isoformat(), host
+
+    def mark_ended(self, status: str, now: datetime, reason: str | None = None) -> None:
+        self.status, self.reason, self.ended_at = status, reason, now.isoformat()
+        if self.started_at is not None:
+            self.duration_s = round((now - datetime.fromisoformat(self.started_at)).total_seconds(), 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["git"] = GitInfo(**values["git"])
+        values["image"] = ImageInfo(**values.get("image") or {})
+        values["submitter"] = Submitter(**values["submitter"])
+        return cls(**values)
+
+
+def save_record(run: RunDir, record: RunRecord) -> None:
+    try:
+        write_json_atomic(run.record, record.to_dict())
+    except OSError as exc:
+        raise RecordError(f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space") from None
+
+
+def load_record(run: RunDir) -> RunRecord:
+    try:
+        return RunRecord.from_dict(json.loads(run.record.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RecordError(f"cannot read {run.record}: {exc}; the file is damaged or from another tool") from None
+
+
+def load_record_path(path: Path) -> RunRecord:
+    return load_record(RunDir(path))

@@ -1,0 +1,141 @@
+"""The run directory contract: layout, run ids, runs_root, atomic writes.
+
+    <runs_root>/<run_id>/
+      run.json  config.json  code.tar  logs/{stdout,stderr,build}.log  output/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .errors import AmbiguousRunError, RunNotFoundError
+
+Clock = Callable[[], datetime]
+RUNS_ROOT_VARIABLE = "EXPMAN_RUNS_ROOT"
+_CLAIM_ATTEMPTS = 100
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def record(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def code_tar(self) -> Path:
+        return self.path / "code.tar"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def output(self) -> Path:
+        return self.path / "output"
+
+    @property
+    def stdout_log(self) -> Path:
+        return self.logs / "stdout.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.logs / "stderr.log"
+
+    @property
+    def build_log(self) -> Path:
+        return self.logs / "build.log"
+
+
+def new_run_id(now: datetime) -> str:
+    """Sortable by time (UTC, milliseconds); a random suffix keeps concurrent ids apart."""
+    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+
+
+def create_run_dir(runs_root: Path, clock: Clock = utc_now) -> RunDir:
+    """Claim a fresh run directory atomically (mkdir fails if another submit took the id)."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    for _ in range(_CLAIM_ATTEMPTS):
+        path = runs_root / new_run_id(clock())
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        run = RunDir(path)
+        run.logs.mkdir()
+        run.output.mkdir()
+        return run
+    raise RuntimeError(f"could not claim a run directory under {runs_root}")
+
+
+def resolve_runs_root(configured: str | None, repo: Path | None, environ: Mapping[str, str]) -> Path:
+    """EXPMAN_RUNS_ROOT, else "runs_root" from config (relative to the repo), else a data dir
+    outside any work tree, so runs never make the repository dirty."""
+    if environ.get(RUNS_ROOT_VARIABLE):
+        return Path(environ[RUNS_ROOT_VARIABLE]).expanduser().absolute()
+    if configured:
+        path = Path(configured).expanduser()
+        return (repo / path if repo is not None and not path.is_absolute() else path).absolute()
+    data_home = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME", "~")).expanduser() / ".local/share")
+    return Path(data_home) / "expman" / "runs"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def list_runs(runs_root: Path) -> list[RunDir]:
+    """Every run directory under runs_root, newest first."""
+    if not runs_root.is_dir():
+        return []
+    runs = [RunDir(p) for p in runs_root.iterdir() if (p / "run.json").is_file()]
+    return sorted(runs, key=lambda r: r.run_id, reverse=True)
+
+
+def find_run(runs_root: Path, ref: str) -> RunDir:
+    """A run by full id or unique prefix."""
+    matches = [r for r in list_runs(runs_root) if r.run_id.startswith(ref)] if ref else []
+    exact = [r for r in matches if r.run_id == ref]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise RunNotFoundError(f"no run {ref!r} under {runs_root}; 'expman runs' lists them")
+    if len(matches) > 1:
+        shown = ", ".join(r.run_id for r in matches[:5])
+        raise AmbiguousRunError(f"{ref!r} matches {len(matches)} runs ({shown}, ...); give more of the id")
+    return matches[0]
