@@ -1,0 +1,161 @@
+"""Fixtures: real git repositories in awkward paths, and the real Docker engine.
+
+A test that needs Docker fails when CI=true and the engine or the base image is missing;
+elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BASE_IMAGE = "expman-base:bookworm"
+IN_CI = os.environ.get("CI") == "true"
+# Spaces, both quote kinds and non-ASCII: paths must reach git and Docker verbatim.
+AWKWARD = "dir with spaces 'q\" ü"
+
+JOB = '''\
+import json, os, sys, time
+cfg = json.load(open(os.environ["EXPMAN_CONFIG"]))
+job = cfg["job"]
+out = os.environ["EXPMAN_OUTPUT_DIR"]
+print("code version", job.get("version", 1), flush=True)
+if os.path.exists("/image-marker"):
+    print("image marker", open("/image-marker").read().strip(), flush=True)
+print("a line on stderr", file=sys.stderr, flush=True)
+mode = job.get("mode", "ok")
+if mode == "sleep":
+    time.sleep(job["seconds"])
+elif mode == "oom":
+    blocks = []
+    while True:
+        blocks.append(b"x" * (16 << 20))
+elif mode == "fail":
+    sys.exit(3)
+elif mode == "env":
+    print(json.dumps(dict(os.environ), sort_keys=True), flush=True)
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"accuracy": 0.9, "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}, f)
+'''
+DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY requirements.txt /tmp/requirements.txt\nRUN echo v1 > /image-marker\n"
+
+
+def clean_git_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+
+class Repo:
+    """A real git repository with an experiments branch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def git(self, *args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True, text=True, env=clean_git_env())
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def write(self, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            target = self.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+
+    def commit(self, files: dict[str, str] | None = None, message: str = "change") -> str:
+        self.write(files or {})
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.git("rev-parse", "HEAD")
+
+    def set_job(self, message: str = "set job", **job: Any) -> str:
+        config = json.loads((self.path / "config.json").read_text())
+        config["job"] = job
+        return self.commit({"config.json": json.dumps(config, indent=2)}, message)
+
+    def set_expman(self, message: str = "set expman", **settings: Any) -> str:
+        config = json.loads((self.path / "config.json").read_text())
+        config["expman"].update(settings)
+        return self.commit({"config.json": json.dumps(config, indent=2)}, message)
+
+
+def init_repo(path: Path, expman: dict[str, Any] | None = None, job: dict[str, Any] | None = None) -> Repo:
+    path.mkdir(parents=True)
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "experiments")
+    repo.git("config", "user.name", "Test Researcher")
+    repo.git("config", "user.email", "researcher@example.org")
+    config = {
+        "expman": {"command": ["python3", "job.py"], **(expman or {})},
+        "job": job or {"mode": "ok"},
+        "train": {"train_seed": 1},
+    }
+    repo.commit(
+        {
+            "config.json": json.dumps(config, indent=2),
+            "Dockerfile": DOCKERFILE,
+            "requirements.txt": "numpy\n",
+            "job.py": JOB,
+            ".gitignore": "*.pyc\n",
+        },
+        "initial experiment",
+    )
+    return repo
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Repo]:
+    counter = iter(range(100))
+
+    def make(expman: dict[str, Any] | None = None, job: dict[str, Any] | None = None) -> Repo:
+        return init_repo(tmp_path / f"{AWKWARD} repo{next(counter)}", expman, job)
+
+    return make
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / f"{AWKWARD} runs"
+    monkeypatch.setenv("EXPMAN_RUNS_ROOT", str(root))
+    return root
+
+
+def require(condition: bool, what: str) -> None:
+    """Fail in CI, skip elsewhere, when a component the test needs is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing (CI=true: tests that need it must not skip)")
+    pytest.skip(f"{what} is missing")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine"
+        require(False, f"a Docker engine ({exc})")
+    try:
+        client.images.get(BASE_IMAGE)
+    except docker.errors.ImageNotFound:
+        require(False, f"the base image {BASE_IMAGE} (scripts/build-base-image)")
+    yield client
+    client.close()
+
+
+def only_run(root: Path) -> Path:
+    runs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def read_record(run: Path) -> dict[str, Any]:
+    return json.loads((run / "run.json").read_text())

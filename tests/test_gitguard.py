@@ -1,0 +1,163 @@
+"""Every refusal happens before anything is written: no run directory, image or container."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from expman import errors
+from expman.cli import main
+
+from .conftest import Repo, clean_git_env
+
+
+def submit(repo: Repo, *args: str) -> int:
+    return main(["submit", "--dry-run", "--backend", "process", "-C", str(repo.path), *args])
+
+
+def assert_refused(capsys: pytest.CaptureFixture[str], runs_root: Path, code: int, code_class: type, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == code_class.exit_code, err
+    assert "\n" not in err, f"not one line: {err!r}"
+    for needle in needles:
+        assert needle in err
+    assert not runs_root.exists()
+    return err
+
+
+def test_clean_committed_tree_passes(make_repo, runs_root, capsys):
+    repo = make_repo()
+    assert submit(repo) == 0
+    assert repo.git("rev-parse", "HEAD") in capsys.readouterr().out
+    assert not runs_root.exists()  # --dry-run writes nothing
+
+
+def test_modified_file_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.write({"job.py": "print('edited')\n"})
+    assert_refused(capsys, runs_root, submit(repo), errors.DirtyTreeError, "job.py", "commit or stash")
+
+
+def test_staged_file_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.write({"new.py": "x = 1\n"})
+    repo.git("add", "new.py")
+    assert_refused(capsys, runs_root, submit(repo), errors.DirtyTreeError, "new.py")
+
+
+def test_refusal_lists_at_most_ten_paths(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit({f"m{i:02d}.py": "" for i in range(12)})
+    repo.write({f"m{i:02d}.py": "changed\n" for i in range(12)})
+    err = assert_refused(capsys, runs_root, submit(repo), errors.DirtyTreeError, "m09.py", "and 2 more")
+    assert "m10.py" not in err
+
+
+def test_untracked_file_is_refused_unless_allowed(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.write({"helper.py": "x = 1\n"})
+    assert_refused(capsys, runs_root, submit(repo), errors.UntrackedFilesError, "helper.py", "allow_untracked")
+    repo.git("stash", "-u")
+    repo.set_expman(allow_untracked=True)
+    repo.git("stash", "pop")
+    assert submit(repo) == 0
+
+
+def test_ignored_files_are_fine(make_repo, runs_root):
+    repo = make_repo()
+    repo.write({"cache.pyc": "bytes"})
+    assert submit(repo) == 0
+
+
+def test_wrong_branch_is_refused_naming_both(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.git("checkout", "-q", "-b", "master")
+    assert_refused(capsys, runs_root, submit(repo), errors.WrongBranchError, "'master'", "'experiments'")
+
+
+def test_detached_head_needs_commit_hash(make_repo, runs_root, capsys):
+    repo = make_repo()
+    head = repo.git("rev-parse", "HEAD")
+    repo.git("checkout", "-q", "--detach")
+    assert_refused(capsys, runs_root, submit(repo), errors.WrongBranchError, "detached", "--commit-hash")
+    assert submit(repo, "--commit-hash", head[:7]) == 0
+
+
+def test_unknown_ref_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    assert_refused(capsys, runs_root, submit(repo, "--commit-hash", "deadbeef"), errors.UnknownRefError, "deadbeef")
+    assert_refused(capsys, runs_root, submit(repo, "--commit-hash=--upload-pack=x"), errors.UnknownRefError)
+
+
+def test_commit_not_on_branch_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.git("checkout", "-q", "-b", "feature")
+    stray = repo.commit({"stray.py": ""}, "feature work")
+    repo.git("checkout", "-q", "experiments")
+    assert_refused(capsys, runs_root, submit(repo, "--commit-hash", stray), errors.UnreachableCommitError, stray[:12])
+
+
+def test_tag_and_short_hash_resolve(make_repo, runs_root, capsys):
+    repo = make_repo()
+    first = repo.git("rev-parse", "HEAD")
+    repo.git("tag", "v1")
+    repo.commit({"later.py": ""})
+    assert submit(repo, "--commit-hash", "v1") == 0
+    assert first in capsys.readouterr().out
+
+
+def test_require_pushed(make_repo, runs_root, capsys, tmp_path):
+    repo = make_repo(expman={"require_pushed": True})
+    assert_refused(capsys, runs_root, submit(repo), errors.NotPushedError, "git push")
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True, env=clean_git_env())
+    repo.git("remote", "add", "origin", str(remote))
+    repo.git("push", "-q", "-u", "origin", "experiments")
+    assert submit(repo) == 0
+    repo.commit({"unpushed.py": ""})
+    assert_refused(capsys, runs_root, submit(repo), errors.NotPushedError, "origin/experiments")
+
+
+def test_lfs_pointer_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 12345\n"
+    repo.commit({"weights.bin": pointer, ".gitattributes": "*.bin filter=lfs diff=lfs merge=lfs -text\n"})
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "LFS", "weights.bin")
+
+
+def test_submodule_is_refused(make_repo, runs_root, capsys):
+    repo = make_repo()
+    other = make_repo()
+    repo.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(other.path), "vendored")
+    repo.git("commit", "-q", "-m", "add submodule")
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "submodule", "vendored")
+
+
+def test_git_environment_cannot_redirect_to_another_repository(make_repo, runs_root, monkeypatch, capsys):
+    repo = make_repo()
+    other = make_repo()
+    other.git("checkout", "-q", "-b", "master")
+    other.write({"dirty.py": "x"})
+    monkeypatch.setenv("GIT_DIR", str(other.path / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other.path))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other.path / ".git" / "index"))
+    assert submit(repo) == 0
+    assert repo.git("rev-parse", "HEAD") in capsys.readouterr().out
+
+
+def test_not_a_repository(tmp_path, runs_root, capsys):
+    code = main(["submit", "--dry-run", "-C", str(tmp_path)])
+    assert code == errors.NotARepositoryError.exit_code
+    assert "not inside a git work tree" in capsys.readouterr().err
+
+
+def test_refusal_exit_codes_are_distinct():
+    classes = [
+        errors.NotARepositoryError, errors.DirtyTreeError, errors.UntrackedFilesError, errors.WrongBranchError,
+        errors.UnknownRefError, errors.UnreachableCommitError, errors.NotPushedError, errors.UnsupportedContentError,
+        errors.ConfigError, errors.DockerUnavailableError,
+    ]
+    codes = [c.exit_code for c in classes]
+    assert len(set(codes)) == len(codes)
