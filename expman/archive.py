@@ -47,11 +47,19 @@ def extract_archive(archive: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, filter=_strict_data_filter)
     except tarfile.FilterError as exc:
         raise UnsafeArchiveError(f"{archive} holds an unsafe member ({exc}); refusing to extract it") from None
     except tarfile.TarError as exc:
         raise UnsafeArchiveError(f"{archive} is not a readable tar archive ({exc})") from None
+
+
+def _strict_data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, but absolute names are refused instead of made relative:
+    git archive never writes them, so one means the archive is not what it claims."""
+    if member.name.startswith("/"):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest_path)
 
 
 def container_payload(archive: Path, config_json: bytes) -> IO[bytes]:

@@ -25,6 +25,7 @@ from .submission import describe_plan, plan_submission, submit
 
 _STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta", "lost": "red"}
 _FOLLOW_POLL_S = 0.25
+_PIPE_WIDTH = 200
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +72,9 @@ def _add_runs_root(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    console, errors = Console(highlight=False), Console(stderr=True, highlight=False)
+    # Piped output keeps whole lines (run ids, hashes) instead of rich's 80-column default.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+    errors = Console(stderr=True, highlight=False)
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -116,7 +119,9 @@ def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int
     if args.format == "json":
         console.print_json(json.dumps([r.to_dict() for r in records]))
         return 0
-    table = Table("id", "status", "commit", "subject", "backend", "host", "started", "duration")
+    table = Table()
+    for name in ("id", "status", "commit", "subject", "backend", "host", "started", "duration"):
+        table.add_column(name, no_wrap=name != "subject", overflow="ellipsis")
     for r in records:
         table.add_row(
             r.run_id, f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]", r.git.commit[:10], _escape(r.git.subject[:50]),
