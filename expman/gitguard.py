@@ -74,7 +74,10 @@ def find_repository(path: Path) -> Path:
     """The top of the work tree containing ``path``."""
     proc = run_git(path, "rev-parse", "--show-toplevel", check=False)
     if proc.returncode != 0:
-        raise NotARepositoryError(f"{path} is not inside a git work tree; run expman in your experiment repository")
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no detail"]
+        raise NotARepositoryError(
+            f"{path} is not inside a git work tree ({detail[0]}); run expman in your experiment repository"
+        )
     return Path(proc.stdout.decode().strip())
 
 
