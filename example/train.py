@@ -21,12 +21,12 @@ def make_data(rng: random.Random, n: int, dim: int) -> list[tuple[list[float], i
     data = []
     for _ in range(n):
         x = [rng.gauss(0, 1) for _ in range(dim)]
-        data.append((x, int(sum(a * b for a, b in zip(true_w, x)) + rng.gauss(0, 0.5) > 0)))
+        data.append((x, int(sum(a * b for a, b in zip(true_w, x, strict=False)) + rng.gauss(0, 0.5) > 0)))
     return data
 
 
 def predict(w: list[float], x: list[float]) -> float:
-    z = sum(a * b for a, b in zip(w, x))
+    z = sum(a * b for a, b in zip(w, x, strict=False))
     return 1 / (1 + math.exp(-max(min(z, 30), -30)))
 
 
@@ -42,9 +42,11 @@ def main() -> None:
     for step in range(1, train["steps"] + 1):
         x, y = rng.choice(train_set)
         error = predict(w, x) - y
-        w = [wi - train["learning_rate"] * error * xi for wi, xi in zip(w, x)]
+        w = [wi - train["learning_rate"] * error * xi for wi, xi in zip(w, x, strict=False)]
         if step % 10 == 0:
-            loss = -sum(math.log(max(1e-9, p if y else 1 - p)) for x, y in train_set for p in [predict(w, x)]) / len(train_set)
+            loss = -sum(math.log(max(1e-9, p if y else 1 - p)) for x, y in train_set for p in [predict(w, x)]) / len(
+                train_set
+            )
             writer.add_scalar("train/loss", loss, step)
             print(f"step {step}: loss {loss:.4f}")
     accuracy = sum((predict(w, x) > 0.5) == bool(y) for x, y in test_set) / len(test_set)

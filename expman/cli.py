@@ -23,7 +23,14 @@ from .record import CANCELLED, FINAL_STATUSES, STATUSES, SUCCEEDED, RunRecord, l
 from .rundir import RunDir, find_run, list_runs, resolve_runs_root
 from .submission import describe_plan, plan_submission, submit
 
-_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta", "lost": "red"}
+_STATUS_STYLE = {
+    "queued": "cyan",
+    "running": "yellow",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "lost": "red",
+}
 _FOLLOW_POLL_S = 0.25
 _PIPE_WIDTH = 200
 
@@ -54,8 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("show", help="show one run's record")
     _add_runs_root(p)
-    p.add_argument("run", help="run id or unique prefix")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("run", nargs="?", help="run id or unique prefix (default: the newest run)")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "path"),
+        default="table",
+        help="path prints the run directory, for scripts",
+    )
 
     p = commands.add_parser("logs", help="print a run's logs")
     _add_runs_root(p)
@@ -66,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_runs_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs-root", type=Path, help="default: EXPMAN_RUNS_ROOT, config.json's runs_root, or ~/.local/share/expman/runs")
+    parser.add_argument(
+        "--runs-root",
+        type=Path,
+        help="default: EXPMAN_RUNS_ROOT, config.json's runs_root, or ~/.local/share/expman/runs",
+    )
     parser.add_argument("-C", "--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
 
 
@@ -100,13 +116,17 @@ def cmd_submit(args: argparse.Namespace, argv: list[str], console: Console) -> i
     record = submit(plan, environ, Reporter(), ["expman", *argv], detach=args.detach)
     where = plan.runs_root / record.run_id
     if args.detach:
-        console.print(f"run {record.run_id} {record.status}; follow it with: expman logs {record.run_id} --follow", markup=False)
+        console.print(
+            f"run {record.run_id} {record.status}; follow it with: expman logs {record.run_id} --follow", markup=False
+        )
         return 0
     if record.status == CANCELLED:
         raise RunCancelledError(f"run {record.run_id} cancelled; record in {where}")
     if record.status != SUCCEEDED:
         raise RunFailedError(f"run {record.run_id} failed ({record.reason}); logs in {where / 'logs'}")
-    console.print(f"run {record.run_id} succeeded in {record.duration_s:.1f}s; outputs in {where / 'output'}", markup=False)
+    console.print(
+        f"run {record.run_id} succeeded in {record.duration_s:.1f}s; outputs in {where / 'output'}", markup=False
+    )
     return 0
 
 
@@ -124,8 +144,14 @@ def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int
         table.add_column(name, no_wrap=name != "subject", overflow="ellipsis")
     for r in records:
         table.add_row(
-            r.run_id, f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]", r.git.commit[:10], _escape(r.git.subject[:50]),
-            r.backend, r.host or "", (r.started_at or "")[:19].replace("T", " "), _duration(r.duration_s),
+            r.run_id,
+            f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+            r.git.commit[:10],
+            _escape(r.git.subject[:50]),
+            r.backend,
+            r.host or "",
+            (r.started_at or "")[:19].replace("T", " "),
+            _duration(r.duration_s),
         )
     console.print(table)
     return 0
@@ -133,6 +159,9 @@ def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int
 
 def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     run = find_run(_runs_root(args), args.run)
+    if args.format == "path":
+        console.print(str(run.path), markup=False, soft_wrap=True)
+        return 0
     record = load_record(run)
     if args.format == "json":
         console.print_json(run.record.read_text())
@@ -189,16 +218,25 @@ def _runs_root(args: argparse.Namespace) -> Path:
 
 def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
     return {
-        "run": record.run_id, "status": f"{record.status}" + (f" ({record.reason})" if record.reason else ""),
-        "commit": f"{record.git.commit} {record.git.subject}", "branch": record.git.branch,
+        "run": record.run_id,
+        "status": f"{record.status}" + (f" ({record.reason})" if record.reason else ""),
+        "commit": f"{record.git.commit} {record.git.subject}",
+        "branch": record.git.branch,
         "author": f"{record.git.author} <{record.git.author_email}> {record.git.commit_date}",
-        "remote": record.git.remote_url or "", "command": " ".join(record.command), "backend": record.backend,
-        "host": record.host or "", "image": f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip(),
-        "container": record.container_id or "", "queued": record.queued_at, "started": record.started_at or "",
-        "ended": record.ended_at or "", "duration": _duration(record.duration_s),
+        "remote": record.git.remote_url or "",
+        "command": " ".join(record.command),
+        "backend": record.backend,
+        "host": record.host or "",
+        "image": f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip(),
+        "container": record.container_id or "",
+        "queued": record.queued_at,
+        "started": record.started_at or "",
+        "ended": record.ended_at or "",
+        "duration": _duration(record.duration_s),
         "exit code": "" if record.exit_code is None else record.exit_code,
         "oom killed": "" if record.oom_killed is None else record.oom_killed,
-        "peak memory": _bytes(record.peak_memory_bytes), "directory": run.path,
+        "peak memory": _bytes(record.peak_memory_bytes),
+        "directory": run.path,
         **({"warnings": "; ".join(record.warnings)} if record.warnings else {}),
     }
 

@@ -89,7 +89,7 @@ def parse_memory(value: int | str) -> int:
         return value
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)i?b?", value.strip().lower())
     if not match:
-        raise ConfigError(f"expman.resources.memory: {value!r} is not a size; write e.g. \"4g\" or \"512m\"")
+        raise ConfigError(f'expman.resources.memory: {value!r} is not a size; write e.g. "4g" or "512m"')
     number, unit = match.groups()
     return int(float(number) * _MEMORY_UNITS[unit])
 
@@ -100,7 +100,7 @@ def parse_duration(value: float | str) -> float:
         return float(value)
     parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)([dhms])", value.replace(" ", ""))
     if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
-        raise ConfigError(f"expman.resources.timeout: {value!r} is not a duration; write e.g. \"6h\" or \"1h30m\"")
+        raise ConfigError(f'expman.resources.timeout: {value!r} is not a duration; write e.g. "6h" or "1h30m"')
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
@@ -114,7 +114,7 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
         raise ConfigError(f"{origin}: the top level must be a JSON object")
     section = document.get(SECTION)
     if not isinstance(section, dict):
-        raise ConfigError(f"{origin}: no \"{SECTION}\" object; add one with at least \"command\": [...]")
+        raise ConfigError(f'{origin}: no "{SECTION}" object; add one with at least "command": [...]')
     _check_known_keys(section, DEFAULTS, f"{origin}: {SECTION}")
     _check_known_keys(section.get("resources") or {}, RESOURCE_DEFAULTS, f"{origin}: {SECTION}.resources")
     _validate(section, _expman_schema(), f"{origin}: {SECTION}")

@@ -57,7 +57,9 @@ def git_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def run_git(repo: Path, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def run_git(
+    repo: Path, *args: str, stdin: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``git -C repo args...``; raise GitError with stderr when it fails and check is set."""
     argv = ["git", "-C", str(repo), *args]
     proc = subprocess.run(argv, input=stdin, capture_output=True, env=git_environment(os.environ))
@@ -96,7 +98,7 @@ def ensure_branch(repo: Path, branch: str, explicit_ref: bool) -> None:
     if current is not None and current != branch:
         raise WrongBranchError(
             f"on branch {current!r}, but experiments run from {branch!r}; run 'git checkout {branch}' "
-            f"(or set \"branch\" in the expman section of config.json)"
+            f'(or set "branch" in the expman section of config.json)'
         )
 
 
@@ -122,7 +124,7 @@ def ensure_clean_tree(repo: Path, allow_untracked: bool) -> None:
     if untracked and not allow_untracked:
         raise UntrackedFilesError(
             f"untracked files {_list_paths(untracked)} would be missing from the run; commit them, add them "
-            f"to .gitignore, or set \"allow_untracked\": true"
+            f'to .gitignore, or set "allow_untracked": true'
         )
 
 
@@ -138,7 +140,7 @@ def resolve_commit(repo: Path, ref: str) -> str:
 
 def ensure_reachable(repo: Path, commit: str, branch: str) -> None:
     if run_git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False).returncode != 0:
-        raise WrongBranchError(f"branch {branch!r} does not exist; create it or set \"branch\" in config.json")
+        raise WrongBranchError(f'branch {branch!r} does not exist; create it or set "branch" in config.json')
     if not _is_ancestor(repo, commit, f"refs/heads/{branch}"):
         raise UnreachableCommitError(
             f"commit {commit[:12]} is not on branch {branch!r}; merge it into {branch} or pick a commit from "
@@ -153,7 +155,8 @@ def ensure_pushed(repo: Path, commit: str, branch: str, remote: str) -> None:
         raise NotPushedError(f"no remote-tracking branch {remote}/{branch}; run 'git push -u {remote} {branch}'")
     if not _is_ancestor(repo, commit, tracking):
         raise NotPushedError(
-            f"commit {commit[:12]} is not on {remote}/{branch} (\"require_pushed\" is set); run 'git push {remote} {branch}'"
+            f'commit {commit[:12]} is not on {remote}/{branch} ("require_pushed" is set); '
+            f"run 'git push {remote} {branch}'"
         )
 
 

@@ -79,8 +79,14 @@ def build_image(
     with open(context_tar, "rb") as context, open(log_path, "w", encoding="utf-8") as log:
         try:
             chunks = client.api.build(
-                fileobj=context, custom_context=True, dockerfile=dockerfile, tag=tag,
-                rm=True, forcerm=True, pull=False, decode=True,
+                fileobj=context,
+                custom_context=True,
+                dockerfile=dockerfile,
+                tag=tag,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
             )
             for chunk in chunks:
                 image_id = _consume_chunk(chunk, log, redactor, on_step, last_lines) or image_id

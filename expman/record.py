@@ -111,7 +111,9 @@ def save_record(run: RunDir, record: RunRecord) -> None:
     try:
         write_json_atomic(run.record, record.to_dict())
     except OSError as exc:
-        raise RecordError(f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space") from None
+        raise RecordError(
+            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
+        ) from None
 
 
 def load_record(run: RunDir) -> RunRecord:

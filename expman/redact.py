@@ -15,10 +15,28 @@ REDACTED = "<redacted>"
 
 ENV_ALLOWLIST = frozenset(
     {
-        "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ", "SHELL", "TERM", "USER", "LOGNAME",
-        "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-        "PYTHONHASHSEED", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_DEFAULT_ENV", "DOCKER_HOST",
-        "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT", "SLURM_CLUSTER_NAME",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "SHELL",
+        "TERM",
+        "USER",
+        "LOGNAME",
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "PYTHONHASHSEED",
+        "PYTHONPATH",
+        "VIRTUAL_ENV",
+        "CONDA_DEFAULT_ENV",
+        "DOCKER_HOST",
+        "SLURM_JOB_ID",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_RESTART_COUNT",
+        "SLURM_CLUSTER_NAME",
     }
 )
 _SECRET_NAME = re.compile(

@@ -1,7 +1,7 @@
 """The run directory contract: layout, run ids, runs_root, atomic writes.
 
-    <runs_root>/<run_id>/
-      run.json  config.json  code.tar  logs/{stdout,stderr,build}.log  output/
+<runs_root>/<run_id>/
+  run.json  config.json  code.tar  logs/{stdout,stderr,build}.log  output/
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import secrets
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ _CLAIM_ATTEMPTS = 100
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,13 @@ def list_runs(runs_root: Path) -> list[RunDir]:
     return sorted(runs, key=lambda r: r.run_id, reverse=True)
 
 
-def find_run(runs_root: Path, ref: str) -> RunDir:
-    """A run by full id or unique prefix."""
+def find_run(runs_root: Path, ref: str | None) -> RunDir:
+    """A run by full id or unique prefix; the newest run when ``ref`` is None."""
+    if ref is None:
+        runs = list_runs(runs_root)
+        if not runs:
+            raise RunNotFoundError(f"no runs under {runs_root} yet; submit one with 'expman submit'")
+        return runs[0]
     matches = [r for r in list_runs(runs_root) if r.run_id.startswith(ref)] if ref else []
     exact = [r for r in matches if r.run_id == ref]
     if exact:

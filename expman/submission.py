@@ -46,9 +46,7 @@ class Plan:
     image_tag: str
 
 
-def plan_submission(
-    path: Path, ref: str | None, backend: str | None, environ: Mapping[str, str]
-) -> Plan:
+def plan_submission(path: Path, ref: str | None, backend: str | None, environ: Mapping[str, str]) -> Plan:
     """Run every git and configuration check; refuse (raise) before anything is written."""
     repo = gitguard.find_repository(path)
     head_config = _config_at(repo, "HEAD")
@@ -124,17 +122,26 @@ def new_record(plan: Plan, run: RunDir, backend: Backend, argv: list[str], clock
         run_id=run.run_id,
         status=QUEUED,
         git=GitInfo(
-            commit=plan.commit, branch=plan.config.settings.branch, subject=redactor.text(info.subject),
-            author=info.author, author_email=info.author_email, commit_date=info.commit_date,
-            remote_url=redactor.text(strip_url_credentials(url)) if url else None, repository=str(plan.repo),
+            commit=plan.commit,
+            branch=plan.config.settings.branch,
+            subject=redactor.text(info.subject),
+            author=info.author,
+            author_email=info.author_email,
+            commit_date=info.commit_date,
+            remote_url=redactor.text(strip_url_credentials(url)) if url else None,
+            repository=str(plan.repo),
         ),
         config_hash=plan.config.config_hash,
         command=list(plan.config.settings.command),
         resources=dataclasses.asdict(plan.config.settings.resources),
         backend=plan.backend,
         submitter=Submitter(
-            user=_user_name(), uid=os.getuid(), gid=os.getgid(), expman_version=__version__,
-            python_version=platform.python_version(), argv=redactor.argv(argv),
+            user=_user_name(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            expman_version=__version__,
+            python_version=platform.python_version(),
+            argv=redactor.argv(argv),
         ),
         host_facts=host_facts(),
         environment=redactor.environment(backend.environ),
@@ -147,8 +154,12 @@ def start_detached(run: RunDir, environ: Mapping[str, str]) -> RunRecord:
     """Hand the run to ``python -m expman.supervise`` and return once it runs (or ended)."""
     with open(run.logs / "supervisor.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "expman.supervise", str(run.path)], env=dict(environ),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            [sys.executable, "-m", "expman.supervise", str(run.path)],
+            env=dict(environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
         )
     deadline = time.monotonic() + DETACH_START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -165,7 +176,7 @@ def _config_at(repo: Path, commit: str) -> ExperimentConfig:
     text = gitguard.read_file_at(repo, commit, CONFIG_FILE)
     where = f"{CONFIG_FILE} at {commit if commit == 'HEAD' else commit[:12]}"
     if text is None:
-        raise ConfigError(f"{where}: no such file; commit a {CONFIG_FILE} with an \"expman\" section")
+        raise ConfigError(f'{where}: no such file; commit a {CONFIG_FILE} with an "expman" section')
     return load_config(text, where, gitguard.read_file_at(repo, commit, PROJECT_SCHEMA_FILE))
 
 

@@ -20,7 +20,7 @@ IN_CI = os.environ.get("CI") == "true"
 # Spaces, both quote kinds and non-ASCII: paths must reach git and Docker verbatim.
 AWKWARD = "dir with spaces 'q\" ü"
 
-JOB = '''\
+JOB = """\
 import json, os, sys, time
 cfg = json.load(open(os.environ["EXPMAN_CONFIG"]))
 job = cfg["job"]
@@ -42,7 +42,7 @@ elif mode == "env":
     print(json.dumps(dict(os.environ), sort_keys=True), flush=True)
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"accuracy": 0.9, "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}, f)
-'''
+"""
 DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY requirements.txt /tmp/requirements.txt\nRUN echo v1 > /image-marker\n"
 
 

@@ -36,7 +36,9 @@ def cancel_with_ctrl_c(repo_path: Path, runs_root: Path, *args: str) -> tuple[in
     env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "expman", "submit", "-C", str(repo_path), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     wait_for_status(runs_root, {"running"})
     time.sleep(1.0)

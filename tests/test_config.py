@@ -19,7 +19,9 @@ def test_defaults_are_filled_in():
 
 
 def test_resources_are_parsed_with_units():
-    res = load({"command": ["x"], "resources": {"memory": "4g", "timeout": "1h30m", "cpus": 1.5, "gpus": 2}}).settings.resources
+    res = load(
+        {"command": ["x"], "resources": {"memory": "4g", "timeout": "1h30m", "cpus": 1.5, "gpus": 2}}
+    ).settings.resources
     assert res.memory_bytes == 4 * 1024**3 and res.timeout_s == 5400 and res.cpus == 1.5 and res.gpus == 2
 
 
@@ -28,7 +30,9 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "size"), [("512m", 512 * 2**20), ("2GiB", 2 * 2**30), (10**8, 10**8), ("1.5g", int(1.5 * 2**30))])
+@pytest.mark.parametrize(
+    ("text", "size"), [("512m", 512 * 2**20), ("2GiB", 2 * 2**30), (10**8, 10**8), ("1.5g", int(1.5 * 2**30))]
+)
 def test_memory_sizes(text, size):
     assert parse_memory(text) == size
 

@@ -17,7 +17,9 @@ def submit(repo: Repo, *args: str) -> int:
     return main(["submit", "--dry-run", "--backend", "process", "-C", str(repo.path), *args])
 
 
-def assert_refused(capsys: pytest.CaptureFixture[str], runs_root: Path, code: int, code_class: type, *needles: str) -> str:
+def assert_refused(
+    capsys: pytest.CaptureFixture[str], runs_root: Path, code: int, code_class: type, *needles: str
+) -> str:
     err = capsys.readouterr().err.strip()
     assert code == code_class.exit_code, err
     assert "\n" not in err, f"not one line: {err!r}"
@@ -155,9 +157,16 @@ def test_not_a_repository(tmp_path, runs_root, capsys):
 
 def test_refusal_exit_codes_are_distinct():
     classes = [
-        errors.NotARepositoryError, errors.DirtyTreeError, errors.UntrackedFilesError, errors.WrongBranchError,
-        errors.UnknownRefError, errors.UnreachableCommitError, errors.NotPushedError, errors.UnsupportedContentError,
-        errors.ConfigError, errors.DockerUnavailableError,
+        errors.NotARepositoryError,
+        errors.DirtyTreeError,
+        errors.UntrackedFilesError,
+        errors.WrongBranchError,
+        errors.UnknownRefError,
+        errors.UnreachableCommitError,
+        errors.NotPushedError,
+        errors.UnsupportedContentError,
+        errors.ConfigError,
+        errors.DockerUnavailableError,
     ]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes)

@@ -25,9 +25,28 @@ from .conftest import BASE_IMAGE, DOCKERFILE, JOB, init_repo, only_run, read_rec
 from .helpers import cancel_with_ctrl_c, submit, wait_for_status
 
 RECORD_FIELDS = {
-    "run_id", "status", "reason", "git", "config_hash", "image", "backend", "host", "container_id",
-    "submitter", "host_facts", "queued_at", "started_at", "ended_at", "duration_s", "exit_code",
-    "oom_killed", "peak_memory_bytes", "environment", "command", "resources", "schema_version",
+    "run_id",
+    "status",
+    "reason",
+    "git",
+    "config_hash",
+    "image",
+    "backend",
+    "host",
+    "container_id",
+    "submitter",
+    "host_facts",
+    "queued_at",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "exit_code",
+    "oom_killed",
+    "peak_memory_bytes",
+    "environment",
+    "command",
+    "resources",
+    "schema_version",
 }
 
 
@@ -83,12 +102,33 @@ def test_container_settings_seen_by_the_engine(docker_client, make_repo, runs_ro
 def test_gpus_become_device_requests(tmp_path):
     record = RunRecord.from_dict(
         {
-            "run_id": "r", "status": "queued", "config_hash": "h", "command": ["python"], "backend": "local",
+            "run_id": "r",
+            "status": "queued",
+            "config_hash": "h",
+            "command": ["python"],
+            "backend": "local",
             "resources": {"gpus": 2, "cpus": None, "memory_bytes": None, "timeout_s": None},
-            "git": {"commit": "c", "branch": "b", "subject": "", "author": "", "author_email": "", "commit_date": "",
-                    "remote_url": None, "repository": ""},
-            "submitter": {"user": "u", "uid": 1000, "gid": 1000, "expman_version": "0", "python_version": "3", "argv": []},
-            "host_facts": {}, "environment": {}, "queued_at": "",
+            "git": {
+                "commit": "c",
+                "branch": "b",
+                "subject": "",
+                "author": "",
+                "author_email": "",
+                "commit_date": "",
+                "remote_url": None,
+                "repository": "",
+            },
+            "submitter": {
+                "user": "u",
+                "uid": 1000,
+                "gid": 1000,
+                "expman_version": "0",
+                "python_version": "3",
+                "argv": [],
+            },
+            "host_facts": {},
+            "environment": {},
+            "queued_at": "",
         }
     )
     spec = container_spec(record, RunDir(tmp_path))

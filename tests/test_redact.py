@@ -4,7 +4,13 @@ from expman.redact import REDACTED, Redactor, strip_url_credentials
 
 
 def test_environment_is_captured_by_allowlist_with_secret_names_redacted():
-    env = {"LANG": "C.UTF-8", "HF_TOKEN": "hf_abcdefghijklmnop", "EXPMAN_API_TOKEN": "x1234", "EXPMAN_RUNS_ROOT": "/r", "HOME": "/root"}
+    env = {
+        "LANG": "C.UTF-8",
+        "HF_TOKEN": "hf_abcdefghijklmnop",
+        "EXPMAN_API_TOKEN": "x1234",
+        "EXPMAN_RUNS_ROOT": "/r",
+        "HOME": "/root",
+    }
     captured = Redactor(env).environment(env)
     assert captured == {"LANG": "C.UTF-8", "EXPMAN_API_TOKEN": REDACTED, "EXPMAN_RUNS_ROOT": "/r"}
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -11,14 +12,12 @@ from expman.rundir import create_run_dir, find_run, new_run_id, resolve_runs_roo
 
 
 def _claim_many(root: str, n: int) -> list[str]:
-    from pathlib import Path
-
     return [create_run_dir(Path(root)).run_id for _ in range(n)]
 
 
 def test_run_ids_sort_by_time():
-    early = new_run_id(datetime(2026, 1, 1, 9, 0, 0, 1000, tzinfo=timezone.utc))
-    late = new_run_id(datetime(2026, 1, 1, 9, 0, 0, 2000, tzinfo=timezone.utc))
+    early = new_run_id(datetime(2026, 1, 1, 9, 0, 0, 1000, tzinfo=UTC))
+    late = new_run_id(datetime(2026, 1, 1, 9, 0, 0, 2000, tzinfo=UTC))
     assert early < late
 
 
@@ -31,7 +30,7 @@ def test_run_ids_unique_under_concurrent_submits(tmp_path):
 
 def test_runs_root_resolution(tmp_path):
     repo = tmp_path / "repo"
-    assert resolve_runs_root("runs", repo, {"EXPMAN_RUNS_ROOT": "/x/y"}) == tmp_path.root / __import__("pathlib").Path("x/y")
+    assert resolve_runs_root("runs", repo, {"EXPMAN_RUNS_ROOT": "/x/y"}) == Path("/x/y")
     assert resolve_runs_root("../runs", repo, {}) == repo / "../runs"
     default = resolve_runs_root(None, repo, {"HOME": str(tmp_path / "home")})
     assert default == tmp_path / "home" / ".local/share/expman/runs"

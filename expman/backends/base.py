@@ -69,14 +69,14 @@ class Backend(abc.ABC):
         self.environ = environ
         self.redactor = Redactor(environ)
 
-    def check(self, plan: Plan) -> None:
+    def check(self, plan: Plan) -> None:  # noqa: B027 - an optional hook
         """Validate that this backend can run ``plan``; must not write anything."""
 
     def describe(self, plan: Plan) -> dict[str, Any]:
         """What would run, for --dry-run."""
         return {"command": list(plan.config.settings.command)}
 
-    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:  # noqa: B027
         """Make what the run needs; may fill fields of ``record`` (saved by the caller)."""
 
     @abc.abstractmethod
@@ -109,7 +109,11 @@ def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo
         save_record(run, record)
         status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"))
         end = execution.end_state(exit_code)
-        record.exit_code, record.oom_killed, record.peak_memory_bytes = end.exit_code, end.oom_killed, end.peak_memory_bytes
+        record.exit_code, record.oom_killed, record.peak_memory_bytes = (
+            end.exit_code,
+            end.oom_killed,
+            end.peak_memory_bytes,
+        )
         if status == FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
         sink.close()

@@ -77,12 +77,17 @@ class LocalBackend(Backend):
     def check(self, plan: Plan) -> None:
         if plan.dockerfile is None:
             raise ConfigError(
-                f"commit {plan.commit[:12]} has no {plan.config.settings.dockerfile}; commit one or use --backend process"
+                f"commit {plan.commit[:12]} has no {plan.config.settings.dockerfile}; "
+                "commit one or use --backend process"
             )
         self.client  # noqa: B018 - connecting is the check
 
     def describe(self, plan: Plan) -> dict[str, Any]:
-        return {**super().describe(plan), "image_tag": plan.image_tag, "docker_host": self.redactor.text(images.docker_host(self.environ))}
+        return {
+            **super().describe(plan),
+            "image_tag": plan.image_tag,
+            "docker_host": self.redactor.text(images.docker_host(self.environ)),
+        }
 
     def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
         record.image.engine_version = images.engine_version(self.client)
@@ -90,8 +95,13 @@ class LocalBackend(Backend):
         with reporter.activity(f"building image {plan.image_tag}") as step:
             try:
                 record.image.image_id = images.build_image(
-                    self.client, run.code_tar, plan.config.settings.dockerfile, plan.image_tag,
-                    run.build_log, self.redactor, on_step=step,
+                    self.client,
+                    run.code_tar,
+                    plan.config.settings.dockerfile,
+                    plan.image_tag,
+                    run.build_log,
+                    self.redactor,
+                    on_step=step,
                 )
             except BuildError as exc:
                 record.warnings.append(exc.message)
@@ -105,22 +115,20 @@ class LocalBackend(Backend):
             record.container_id = container.id
             with container_payload(run.code_tar, run.config.read_bytes()) as payload:
                 container.put_archive("/", payload)
-            execution = ContainerExecution(self.client, container, sink)
+            # Attach before start, as `docker run` does: output of a program that ends at once is not lost.
+            frames = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             container.start()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
-        execution.begin_streaming()
-        return execution
+        return ContainerExecution(self.client, container, frames, sink)
 
 
 class ContainerExecution(Execution):
-    def __init__(self, client: docker.DockerClient, container: Any, sink: LogSink) -> None:
+    def __init__(self, client: docker.DockerClient, container: Any, frames: Any, sink: LogSink) -> None:
         self._client, self._container, self._sink = client, container, sink
-        self._pump = threading.Thread(target=self._pump_output, daemon=True)
+        self._pump = threading.Thread(target=self._pump_output, args=(frames,), daemon=True)
         self._stats = threading.Thread(target=self._watch_memory, daemon=True)
         self._peak_memory: int | None = None
-
-    def begin_streaming(self) -> None:
         self._pump.start()
         self._stats.start()
 
@@ -146,8 +154,11 @@ class ContainerExecution(Execution):
     def end_state(self, exit_code: int) -> EndState:
         state = self._client.api.inspect_container(self._container.id)["State"]
         self._stats.join(5)
-        return EndState(exit_code=int(state.get("ExitCode", exit_code)), oom_killed=bool(state.get("OOMKilled")),
-                        peak_memory_bytes=self._peak_memory)
+        return EndState(
+            exit_code=int(state.get("ExitCode", exit_code)),
+            oom_killed=bool(state.get("OOMKilled")),
+            peak_memory_bytes=self._peak_memory,
+        )
 
     def cleanup(self) -> None:
         try:
@@ -155,9 +166,8 @@ class ContainerExecution(Execution):
         except docker.errors.NotFound:
             pass
 
-    def _pump_output(self) -> None:
+    def _pump_output(self, frames: Any) -> None:
         """Copy the container's output into the sink until the container ends."""
-        frames = self._client.api.attach(self._container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
         for out, err in frames:
             if out:
                 self._sink.write(STDOUT, out)

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..archive import extract_archive
 from ..errors import LaunchError
@@ -58,11 +58,18 @@ class ProcessBackend(Backend):
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         try:
             proc = subprocess.Popen(
-                list(record.command), cwd=run.path / "code", env=process_environment(self.environ, record, run),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                list(record.command),
+                cwd=run.path / "code",
+                env=process_environment(self.environ, record, run),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
         except OSError as exc:
-            raise LaunchError(f"cannot start {record.command[0]!r}: {exc.strerror}; check \"command\" in config.json") from None
+            raise LaunchError(
+                f'cannot start {record.command[0]!r}: {exc.strerror}; check "command" in config.json'
+            ) from None
         record.pid = proc.pid
         return ProcessExecution(proc, sink)
 
@@ -117,8 +124,8 @@ class ProcessExecution(Execution):
             pass
 
 
-def _pump(stream: IO[bytes], name: str, sink: LogSink) -> None:
-    for chunk in iter(lambda: stream.read1(65536), b""):
+def _pump(stream: BinaryIO, name: str, sink: LogSink) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
         sink.write(name, chunk)
     stream.close()
 
