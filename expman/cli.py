@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 from .backends import BACKENDS, make_backend
 from .errors import ExpmanError, RunCancelledError, RunFailedError, UsageError
+from .gitguard import find_repository
 from .progress import Reporter
 from .record import CANCELLED, FINAL_STATUSES, STATUSES, SUCCEEDED, RunRecord, load_record
 from .rundir import RunDir, find_run, list_runs, resolve_runs_root
@@ -147,7 +149,7 @@ def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int
             r.run_id,
             f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
             r.git.commit[:10],
-            _escape(r.git.subject[:50]),
+            escape(r.git.subject[:50]),
             r.backend,
             r.host or "",
             (r.started_at or "")[:19].replace("T", " "),
@@ -168,7 +170,7 @@ def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int
         return 0
     table = Table(show_header=False, box=None)
     for key, value in _summary(record, run).items():
-        table.add_row(f"[bold]{key}[/]", _escape(str(value)))
+        table.add_row(f"[bold]{key}[/]", escape(str(value)))
     console.print(table)
     return 0
 
@@ -206,8 +208,6 @@ def _runs_root(args: argparse.Namespace) -> Path:
         return args.runs_root
     configured, repo = None, None
     try:
-        from .gitguard import find_repository
-
         repo = find_repository(args.repo)
         section = json.loads((repo / "config.json").read_text()).get("expman", {})
         configured = section.get("runs_root") if isinstance(section, dict) else None
@@ -257,12 +257,6 @@ def _bytes(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
 
 
 _COMMANDS = {"submit": cmd_submit, "runs": cmd_runs, "show": cmd_show, "logs": cmd_logs}

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ExpmanError
+from ..hostinfo import hostname
 from ..logsink import LogSink
 from ..record import CANCELLED, FAILED, SUCCEEDED, RunRecord, save_record
 from ..redact import Redactor
@@ -85,8 +86,6 @@ class Backend(abc.ABC):
 
     @property
     def execution_host(self) -> str:
-        from ..hostinfo import hostname
-
         return hostname()
 
 
