@@ -24,7 +24,7 @@ from .errors import ConfigError, ExpmanError, LaunchError
 from .hostinfo import host_facts
 from .image import dockerfile_hash, image_repository
 from .progress import Reporter
-from .record import FAILED, QUEUED, GitInfo, ImageInfo, RunRecord, Submitter, load_record, save_record
+from .record import CANCELLED, FAILED, QUEUED, GitInfo, ImageInfo, RunRecord, Submitter, load_record, save_record
 from .redact import strip_url_credentials
 from .rundir import Clock, RunDir, create_run_dir, resolve_runs_root, utc_now, write_bytes_atomic
 
@@ -107,6 +107,10 @@ def submit(
         save_record(run, record)
     except ExpmanError as exc:
         record.mark_ended(FAILED, clock(), reason=exc.message)
+        save_record(run, record)
+        raise
+    except KeyboardInterrupt:
+        record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
         save_record(run, record)
         raise
     if detach:

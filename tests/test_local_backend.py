@@ -7,9 +7,12 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -278,3 +281,28 @@ def test_outputs_are_owned_by_a_non_root_submitter(docker_client, researcher, sh
     assert (results.stat().st_uid, results.stat().st_gid) == (researcher.pw_uid, researcher.pw_gid)
     assert json.loads(results.read_text())["uid"] == researcher.pw_uid
     assert read_record(run)["submitter"]["user"] == researcher.pw_name
+
+
+def test_ctrl_c_during_the_build_records_cancelled(docker_client, make_repo, runs_root):
+    repo = make_repo()
+    repo.commit({"Dockerfile": f"FROM {BASE_IMAGE}\nRUN sleep 60\n"}, "slow image")
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "expman", "submit", "-C", str(repo.path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(runs_root.glob("*/logs/build.log")) or "Step 2/2" not in _read(runs_root):
+        assert time.monotonic() < deadline and proc.poll() is None, "the build never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == errors.RunCancelledError.exit_code
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "cancelled" and record["reason"] == "cancelled by user before start"
+
+
+def _read(runs_root: Path) -> str:
+    return "".join(p.read_text() for p in runs_root.glob("*/logs/build.log"))

@@ -104,6 +104,10 @@ def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo
             record.mark_ended(FAILED, clock(), reason=f"start failed: {exc.message}")
             save_record(run, record)
             raise
+        except Cancelled:
+            record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
+            save_record(run, record)
+            return record
         record.mark_running(clock(), backend.execution_host)
         save_record(run, record)
         status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"))
