@@ -7,7 +7,6 @@ never read.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import subprocess
@@ -23,23 +22,14 @@ CODE_DIR = "code"
 CONFIG_DIR = "expman"
 
 
-def write_archive(repo: Path, commit: str, dest: Path) -> str:
-    """``git archive`` ``commit`` into ``dest``; returns the archive's sha256."""
+def write_archive(repo: Path, commit: str, dest: Path) -> None:
+    """``git archive`` ``commit`` into ``dest``."""
     argv = ["git", "-C", str(repo), "archive", "--format=tar", commit]
     with open(dest, "wb") as out:
         proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=git_environment(os.environ))
     if proc.returncode != 0:
         dest.unlink(missing_ok=True)
         raise GitError(argv[3:], proc.returncode, proc.stderr.decode(errors="replace"))
-    return file_sha256(dest)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_archive(archive: Path, dest: Path) -> None:

@@ -11,7 +11,6 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .errors import RecordError
@@ -82,10 +81,6 @@ class RunRecord:
     peak_memory_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
-
     def mark_running(self, now: datetime, host: str) -> None:
         self.status, self.started_at, self.host = RUNNING, now.isoformat(), host
 
@@ -121,7 +116,3 @@ def load_record(run: RunDir) -> RunRecord:
         return RunRecord.from_dict(json.loads(run.record.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"cannot read {run.record}: {exc}; the file is damaged or from another tool") from None
-
-
-def load_record_path(path: Path) -> RunRecord:
-    return load_record(RunDir(path))
