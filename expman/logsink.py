@@ -24,6 +24,7 @@ class LogSink:
         )
         self._pending = {STDOUT: b"", STDERR: b""}
         self._lock = threading.Lock()
+        self._closed = False
 
     def write(self, stream: str, data: bytes) -> None:
         with self._lock:
@@ -34,7 +35,11 @@ class LogSink:
                 self._emit(stream, complete + newline)
 
     def close(self) -> None:
+        """Flush partial lines and close the files; calling it again does nothing."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             for stream, rest in self._pending.items():
                 if rest:
                     self._emit(stream, rest)

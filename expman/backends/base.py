@@ -119,7 +119,7 @@ def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo
         )
         if status == FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
-        sink.close()
+        sink.close()  # logs complete before the record says the run ended (logs --follow stops then)
         record.mark_ended(status, clock(), reason=reason)
         save_record(run, record)
     finally:

@@ -112,14 +112,20 @@ class LocalBackend(Backend):
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         try:
             container = self.client.containers.create(**container_spec(record, run))
-            record.container_id = container.id
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise LaunchError(f"cannot create the container: {self.redactor.text(str(exc))}") from None
+        record.container_id = container.id
+        try:
             with container_payload(run.code_tar, run.config.read_bytes()) as payload:
                 container.put_archive("/", payload)
             # Attach before start, as `docker run` does: output of a program that ends at once is not lost.
             frames = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             container.start()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
+        except BaseException as exc:  # Ctrl-C included: never leave a created container behind
+            container.remove(force=True)
+            if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+                raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
+            raise
         return ContainerExecution(self.client, container, frames, sink)
 
 
