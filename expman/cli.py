@@ -24,6 +24,8 @@ from .progress import Reporter
 from .record import CANCELLED, FINAL_STATUSES, STATUSES, SUCCEEDED, RunRecord, load_record
 from .rundir import RunDir, find_run, list_runs, resolve_runs_root
 from .submission import describe_plan, plan_submission, submit
+from .table_cli import add_arguments as add_table_arguments
+from .table_cli import run as run_table
 
 _STATUS_STYLE = {
     "queued": "cyan",
@@ -76,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id or unique prefix")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--stream", choices=("all", "stdout", "stderr", "build"), default="all")
+
+    p = commands.add_parser("table", help="aggregate runs into a table (mean ± std over seeds)")
+    _add_runs_root(p)
+    add_table_arguments(p)
     return parser
 
 
@@ -259,4 +265,8 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
-_COMMANDS = {"submit": cmd_submit, "runs": cmd_runs, "show": cmd_show, "logs": cmd_logs}
+def cmd_table(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    return run_table(args, console, _runs_root(args))
+
+
+_COMMANDS = {"submit": cmd_submit, "runs": cmd_runs, "show": cmd_show, "logs": cmd_logs, "table": cmd_table}

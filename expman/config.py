@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from .errors import ConfigError
+from .results.stdout import compile_patterns
 
 CONFIG_FILE = "config.json"
 PROJECT_SCHEMA_FILE = "config.schema.json"
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "dockerfile": "Dockerfile",
     "image": None,
     "resources": {},
+    "parse": {},
 }
 RESOURCE_DEFAULTS: dict[str, Any] = {"gpus": 0, "cpus": None, "memory": None, "timeout": None}
 
@@ -63,6 +65,7 @@ class ExpmanSettings:
     dockerfile: str = "Dockerfile"
     image: str | None = None
     resources: Resources = field(default_factory=Resources)
+    parse: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
     _check_known_keys(section, DEFAULTS, f"{origin}: {SECTION}")
     _check_known_keys(section.get("resources") or {}, RESOURCE_DEFAULTS, f"{origin}: {SECTION}.resources")
     _validate(section, _expman_schema(), f"{origin}: {SECTION}")
+    compile_patterns(section.get("parse", {}))
     if project_schema is not None:
         rest = {k: v for k, v in document.items() if k != SECTION}
         _validate(rest, _load_project_schema(project_schema), origin)

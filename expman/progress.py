@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 
 class Reporter:
@@ -29,5 +30,27 @@ class Reporter:
                 status.update(f"{title}: step {step}/{total}: {text[:80]}")
                 if not self.console.is_terminal:
                     self.console.print(f"{title}: step {step}/{total}: {text}", markup=False)
+
+            yield on_step
+
+    @contextmanager
+    def bar(self, title: str, minimum: int = 20) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar for ``title`` shown once a job has ``minimum`` items; the yielded
+        callback reports N of M done. Terminal only: nothing is printed to a pipe."""
+        if self.quiet or not self.console.is_terminal:
+            yield lambda done, total: None
+            return
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task(title, total=None, visible=False)
+
+            def on_step(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total, visible=total >= minimum)
 
             yield on_step

@@ -1,0 +1,7 @@
+"""Names of the results options, importable without numpy or pandas (for the CLI)."""
+
+FORMATS = ("rich", "markdown", "latex", "csv", "json", "html")
+AGGREGATES = ("mean±std", "mean±sem", "median", "min", "max", "last", "count")
+DEFAULT_SEED_KEYS = ("*seed",)
+DEFAULT_STATS = ("last", "max", "min", "mean_last_10")
+KEEP_MODES = ("last", "all")

@@ -1,0 +1,139 @@
+"""``expman table``: runs of a runs root aggregated into a paper table."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from .errors import UsageError
+from .progress import Reporter
+from .record import STATUSES, SUCCEEDED
+from .results.options import AGGREGATES, DEFAULT_SEED_KEYS, DEFAULT_STATS, FORMATS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", action="append", default=[], metavar="KEY", help="row key(s), comma-separated or repeated")
+    p.add_argument("--cols", action="append", default=[], metavar="KEY", help="column key(s)")
+    p.add_argument(
+        "--value",
+        help="a result (eval.mean) or a scalar (tb:TAG:last|max|min|mean_last_N); default: the first numeric result",
+    )
+    p.add_argument("--agg", default="mean±std", help=f"one of {', '.join(AGGREGATES)} (default mean±std)")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="key=value, key!=value, key<value, key>value (repeatable)",
+    )
+    p.add_argument(
+        "--status", choices=STATUSES, action="append", help=f"runs with this status (repeatable; default {SUCCEEDED})"
+    )
+    p.add_argument("--commit", help="only runs of commits starting with this")
+    p.add_argument("--branch", help="only runs of this branch")
+    p.add_argument("--format", choices=FORMATS, default="rich")
+    p.add_argument("--best", choices=("max", "min"), help="bold the best cell of each column")
+    p.add_argument("--caption", help="table caption (LaTeX, HTML, rich)")
+    p.add_argument(
+        "--seed-keys",
+        action="append",
+        metavar="GLOB",
+        help=f"keys pooled as seeds (default {', '.join(DEFAULT_SEED_KEYS)})",
+    )
+    p.add_argument("--pool", action="append", default=[], metavar="KEY", help="also pool runs over this key")
+    p.add_argument(
+        "--parse",
+        action="append",
+        default=[],
+        metavar="NAME=REGEX",
+        help="metric from stdout, overriding the runs' own 'parse'",
+    )
+    p.add_argument("--keep-all-writes", action="store_true", help="scalars: keep every write of a step, not the latest")
+    p.add_argument("--no-crc", action="store_true", help="skip CRC checks of event files")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
+    p.add_argument("--list", action="store_true", help="list the columns a table can use, with example values")
+    p.add_argument("-o", "--output", type=Path, help="write the table to this file instead of stdout")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _scalar_stats(names: list[str]) -> tuple[str, ...]:
+    stats = {m.group(1) for name in names for m in re.finditer(r"tb:.*:([a-z_0-9]+)", name)}
+    return tuple(sorted(stats))
+
+
+def run(args: argparse.Namespace, console: Console, runs_root: Path) -> int:
+    # numpy and pandas are loaded only when a table is made, not for every command
+    from .results.export import render, rich_table
+    from .results.loader import load_runs
+    from .results.table import build_table
+
+    parse = {}
+    for item in args.parse:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--parse {item!r}: write NAME=REGEX, e.g. 'acc=Test accuracy: (@float@)'")
+        parse[name] = pattern
+    named = [args.value or "", *args.where]
+    stats = DEFAULT_STATS if args.list or not args.value else _scalar_stats(named)
+    with Reporter().bar("loading runs") as progress:
+        frame = load_runs(
+            runs_root,
+            status=args.status or SUCCEEDED,
+            commit=args.commit,
+            branch=args.branch,
+            where=args.where,
+            scalar_stats=stats,
+            parse=parse or None,
+            keep="all" if args.keep_all_writes else "last",
+            check_crc=not args.no_crc,
+            cache=not args.no_cache,
+            progress=progress,
+        )
+    if frame.empty:
+        raise UsageError(
+            f"no runs under {runs_root} match; check --status/--commit/--branch/--where ('expman runs' lists runs)"
+        )
+    if args.list:
+        return _list_columns(frame, console)
+    model = build_table(
+        frame,
+        _split(args.rows),
+        _split(args.cols),
+        args.value,
+        args.agg,
+        args.seed_keys or DEFAULT_SEED_KEYS,
+        _split(args.pool),
+    )
+    if args.format == "rich" and not args.output and console.is_terminal:
+        console.print(rich_table(model, args.best, args.caption))
+    elif args.output:
+        args.output.write_text(render(model, args.format, args.best, args.caption))
+    else:
+        sys.stdout.write(render(model, args.format, args.best, args.caption))
+    partial = int(frame["partial"].sum()) if "partial" in frame else 0
+    if partial:
+        Reporter().info(
+            f"note: {partial} run(s) had damaged files and were read in part; 'expman table --list' names them"
+        )
+    return 0
+
+
+def _list_columns(frame, console: Console) -> int:
+    from rich.table import Table
+
+    table = Table("column", "runs with a value", "example")
+    for column in frame.columns:
+        values = frame[column].dropna()
+        table.add_row(column, str(len(values)), repr(values.iloc[0])[:60] if len(values) else "")
+    console.print(table)
+    damaged = frame[frame["partial"].fillna(False).astype(bool)] if "partial" in frame else frame.iloc[0:0]
+    for run_id, problems in zip(damaged["run_id"], damaged["problems"], strict=True):
+        console.print(f"partial: {run_id}: {problems}", markup=False)
+    return 0
