@@ -74,3 +74,12 @@ def test_config_hash_ignores_key_order():
     a = load({"command": ["x"]}, model={"a": 1, "b": 2})
     b = load_config('{"model": {"b": 2, "a": 1}, "expman": {"command": ["x"]}}', "config.json")
     assert a.config_hash == b.config_hash
+
+
+def test_parse_patterns_are_checked_when_the_config_loads():
+    good = load_config(json.dumps({"expman": {"command": ["x"], "parse": {"acc": "acc: (@float@)"}}}), "config.json")
+    assert good.settings.parse == {"acc": "acc: (@float@)"}
+    with pytest.raises(ConfigError, match=r"expman.parse.acc: '\(@float@' is not a regular expression"):
+        load_config(json.dumps({"expman": {"command": ["x"], "parse": {"acc": "(@float@"}}}), "config.json")
+    with pytest.raises(ConfigError, match="parse"):
+        load_config(json.dumps({"expman": {"command": ["x"], "parse": {"acc": 3}}}), "config.json")

@@ -100,7 +100,7 @@ class _Renderer:
         return " / ".join(_text(v) for v in col)
 
     def row_labels(self, row: tuple) -> list[str]:
-        return [_text(v) for v in row] or [""]
+        return [_text(v) for v in row] or ["all runs"]
 
     def caption(self, caption: str | None) -> str:
         parts = [caption] if caption else []

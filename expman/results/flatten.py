@@ -68,14 +68,28 @@ def _flatten_results(node: dict[str, Any], prefix: str, out: Results) -> None:
 
 
 def _flatten_list(items: list[Any], name: str, out: Results) -> None:
-    if items and all(type(v) in (int, float) for v in items):
-        array = np.fromiter(items, dtype=np.float64, count=len(items))
+    array = _numbers(items)
+    if array is not None:
         out.lists[name] = array
         out.values[f"{name}.mean"] = float(array.mean())
         out.values[f"{name}.std"] = float(array.std(ddof=1)) if len(array) > 1 else math.nan
         out.values[f"{name}.n"] = len(array)
     else:
         _flatten_results({str(i): v for i, v in enumerate(items)}, name + ".", out)
+
+
+def _numbers(items: list[Any]) -> np.ndarray | None:
+    """A float64 array when ``items`` is a flat, non-empty list of numbers (numpy decides,
+    far faster than checking each element in Python; a bool among numbers counts as 0/1)."""
+    if not items:
+        return None
+    try:
+        array = np.array(items)
+    except (ValueError, OverflowError):
+        return None
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        return None
+    return array.astype(np.float64, copy=False)
 
 
 def flatten_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

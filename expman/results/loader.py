@@ -57,7 +57,7 @@ def select_runs(
     """Runs under ``root`` (oldest first) whose record matches; unreadable records are skipped."""
     statuses = {status} if isinstance(status, str) else set(status or ())
     selected = []
-    for run in reversed(list_runs(Path(root))):
+    for run in reversed(list_runs(Path(root).expanduser())):
         try:
             record = read_json(run.record)
         except (OSError, ValueError):
@@ -102,7 +102,7 @@ def load_runs(
     _check_keep(keep)
     conditions = parse_conditions(where) + parse_conditions(f"{k}={v}" for k, v in equals.items())
     runs = select_runs(root, status, commit, branch)
-    store = Cache(Path(root), cache)
+    store = Cache(Path(root).expanduser(), cache)
     patterns = compile_patterns(parse) if parse is not None else None
     rows = []
     for done, info in enumerate(runs, 1):
@@ -233,7 +233,7 @@ def load_scalars(
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [info for info in runs if info.run_id in wanted]
-    store = Cache(Path(root), cache)
+    store = Cache(Path(root).expanduser(), cache)
     sources = []
     for done, info in enumerate(runs, 1):
         sources.append((info, scalar_source(info, store, keep, check_crc, in_memory=False)))
