@@ -10,6 +10,8 @@ never raises: what could be read is kept and the run is flagged.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,19 +229,25 @@ def load_scalars(
     progress: Progress | None = None,
 ) -> pd.DataFrame:
     """Every point of the scalars whose key matches the glob ``tags``, as a long frame with
-    columns run_id, tag (categorical), step, wall_time, value."""
+    columns run_id, tag (categorical), step, wall_time, value. With ``cache=False`` the
+    runs root's cache is neither read nor written; parsed runs wait in a private temporary
+    directory instead of memory, so peak memory stays near the result's size."""
     _check_keep(keep)
     runs = select_runs(root, status, commit, branch)
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [info for info in runs if info.run_id in wanted]
-    store = Cache(Path(root).expanduser(), cache)
-    sources = []
-    for done, info in enumerate(runs, 1):
-        sources.append((info, scalar_source(info, store, keep, check_crc, in_memory=False)))
-        if progress:
-            progress(done, len(runs))
-    return _long_frame(sources, tags, keep, check_crc)
+    with contextlib.ExitStack() as stack:
+        if cache:
+            store = Cache(Path(root).expanduser())
+        else:  # parsed runs go to a private scratch cache, not memory, until the total is known
+            store = Cache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="expman-scalars-"))))
+        sources = []
+        for done, info in enumerate(runs, 1):
+            sources.append((info, scalar_source(info, store, keep, check_crc, in_memory=False)))
+            if progress:
+                progress(done, len(runs))
+        return _long_frame(sources, tags, keep, check_crc)
 
 
 def _long_frame(sources: list, pattern: str, keep: str, check: bool) -> pd.DataFrame:
