@@ -25,7 +25,7 @@ from expman.errors import UsageError
 from expman.rundir import RunDir, list_runs
 
 from .cache import Cache, CachedScalars
-from .filters import Condition, parse_conditions, resolve_column
+from .filters import Condition, parse_conditions
 from .flatten import flatten_config, read_json, read_results
 from .options import DEFAULT_STATS, KEEP_MODES
 from .scalars import RunScalars, event_files, file_signature, match_keys, read_run_scalars, summarize
@@ -302,4 +302,4 @@ def _fill(info: RunInfo, source: Any, ranges: list, outputs: list[np.ndarray], a
             pos += stop - start
 
 
-__all__ = ["load_runs", "load_scalars", "select_runs", "resolve_column", "RunInfo"]
+__all__ = ["load_runs", "load_scalars", "select_runs", "RunInfo"]
