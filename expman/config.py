@@ -36,8 +36,33 @@ DEFAULTS: dict[str, Any] = {
     "image": None,
     "resources": {},
     "parse": {},
+    "host": None,
+    "hosts": {},
+    "slurm": {},
+    "sweep": {},
 }
 RESOURCE_DEFAULTS: dict[str, Any] = {"gpus": 0, "cpus": None, "memory": None, "timeout": None}
+HOST_DEFAULTS: dict[str, Any] = {
+    "ssh": None,
+    "runs_root": "~/expman-runs",
+    "identity_file": None,
+    "docker": None,
+    "known_hosts": "~/.ssh/known_hosts",
+}
+SLURM_DEFAULTS: dict[str, Any] = {
+    "partition": None,
+    "time": None,
+    "gres": None,
+    "cpus_per_task": None,
+    "mem": None,
+    "account": None,
+    "qos": None,
+    "extra": {},
+    "array_throttle": None,
+    "signal": "USR1@60",
+    "requeue": False,
+    "runtime": "docker",
+}
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -49,6 +74,46 @@ class Resources:
     cpus: float | None = None
     memory_bytes: int | None = None
     timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """One entry of "hosts": where the ssh backend runs, and how to reach it."""
+
+    name: str
+    user: str | None
+    hostname: str
+    port: int
+    runs_root: str
+    identity_file: str | None = None
+    docker: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"
+
+    @property
+    def target(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The "slurm" section: sbatch options and how the job runs on its node."""
+
+    partition: str | None = None
+    time: str | None = None
+    gres: str | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    array_throttle: int | None = None
+    signal: str = "USR1@60"
+    requeue: bool = False
+    runtime: str = "docker"
+
+    @property
+    def time_limit_s(self) -> float | None:
+        return parse_slurm_time(self.time) if self.time else None
 
 
 @dataclass(frozen=True)
@@ -66,6 +131,21 @@ class ExpmanSettings:
     image: str | None = None
     resources: Resources = field(default_factory=Resources)
     parse: dict[str, str] = field(default_factory=dict)
+    host: str | None = None
+    hosts: dict[str, HostSettings] = field(default_factory=dict)
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+
+    def host_settings(self, name: str | None) -> HostSettings:
+        """The named host, else "host", else the only one defined."""
+        chosen = name or self.host or (next(iter(self.hosts)) if len(self.hosts) == 1 else None)
+        if chosen is None:
+            hint = f"one of: {', '.join(self.hosts)}" if self.hosts else 'first add "hosts" to the expman section'
+            raise ConfigError(f"the ssh backend needs a host; pass --host ({hint}) or set expman.host")
+        if chosen not in self.hosts:
+            known = ", ".join(self.hosts) or "none defined"
+            raise ConfigError(f"no host {chosen!r} in expman.hosts (defined: {known}); add it to config.json")
+        return self.hosts[chosen]
 
 
 @dataclass(frozen=True)
@@ -107,6 +187,29 @@ def parse_duration(value: float | str) -> float:
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def parse_slurm_time(value: str) -> float:
+    """Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S -> seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
+    if not match:
+        raise ConfigError(f'expman.slurm.time: {value!r} is not a Slurm time; write e.g. "2-00:00:00" or "90"')
+    days, first, second, third = match.groups()
+    if days is not None:  # D-H[:M[:S]]
+        h, m, sec = int(first), int(second or 0), int(third or 0)
+        return float(int(days) * 86400 + h * 3600 + m * 60 + sec)
+    if third is not None:  # H:M:S
+        return float(int(first) * 3600 + int(second) * 60 + int(third))
+    return float(int(first) * 60 + int(second or 0))  # M[:S]
+
+
+def parse_ssh_target(value: str, where: str) -> tuple[str | None, str, int]:
+    """'alice@gpu1:2222' -> ('alice', 'gpu1', 2222); user and port are optional."""
+    match = re.fullmatch(r"(?:([A-Za-z0-9._][A-Za-z0-9._-]*)@)?([A-Za-z0-9._-]+|\[[0-9a-fA-F:]+\])(?::(\d+))?", value)
+    if not match:
+        raise ConfigError(f'{where}: {value!r} is not an SSH target; write "user@host" or "user@host:port"')
+    user, host, port = match.groups()
+    return user, host.strip("[]"), int(port or 22)
+
+
 def load_config(text: bytes | str, origin: str, project_schema: bytes | None = None) -> ExperimentConfig:
     """Parse and validate config.json text; ``origin`` names where it came from in errors."""
     try:
@@ -120,8 +223,19 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
         raise ConfigError(f'{origin}: no "{SECTION}" object; add one with at least "command": [...]')
     _check_known_keys(section, DEFAULTS, f"{origin}: {SECTION}")
     _check_known_keys(section.get("resources") or {}, RESOURCE_DEFAULTS, f"{origin}: {SECTION}.resources")
+    _check_known_keys(section.get("slurm") or {}, SLURM_DEFAULTS, f"{origin}: {SECTION}.slurm")
+    hosts = section.get("hosts")
+    for name, host in hosts.items() if isinstance(hosts, dict) else ():
+        if isinstance(host, dict):
+            _check_known_keys(host, HOST_DEFAULTS, f"{origin}: {SECTION}.hosts.{name}")
     _validate(section, _expman_schema(), f"{origin}: {SECTION}")
     compile_patterns(section.get("parse", {}))
+    if section.get("slurm", {}).get("time"):
+        parse_slurm_time(section["slurm"]["time"])
+    if section.get("sweep"):
+        from .sweep import expand_sweep
+
+        expand_sweep(document)
     if project_schema is not None:
         rest = {k: v for k, v in document.items() if k != SECTION}
         _validate(rest, _load_project_schema(project_schema), origin)
@@ -136,8 +250,22 @@ def _settings_from(section: dict[str, Any]) -> ExpmanSettings:
         memory_bytes=parse_memory(res["memory"]) if "memory" in res else None,
         timeout_s=parse_duration(res["timeout"]) if "timeout" in res else None,
     )
-    values = {k: section[k] for k in DEFAULTS if k in section and k not in ("command", "resources")}
-    return ExpmanSettings(command=tuple(section["command"]), resources=resources, **values)
+    hosts = {name: _host_from(name, host, f"{SECTION}.hosts.{name}") for name, host in section.get("hosts", {}).items()}
+    structured = ("command", "resources", "hosts", "slurm")
+    values = {k: section[k] for k in DEFAULTS if k in section and k not in structured}
+    return ExpmanSettings(
+        command=tuple(section["command"]),
+        resources=resources,
+        hosts=hosts,
+        slurm=SlurmSettings(**section.get("slurm", {})),
+        **values,
+    )
+
+
+def _host_from(name: str, entry: dict[str, Any], where: str) -> HostSettings:
+    user, hostname, port = parse_ssh_target(entry["ssh"], f"{where}.ssh")
+    options = {k: entry.get(k, default) for k, default in HOST_DEFAULTS.items() if k != "ssh"}
+    return HostSettings(name=name, user=user, hostname=hostname, port=port, **options)
 
 
 def _check_known_keys(section: dict[str, Any], known: dict[str, Any], where: str) -> None:

@@ -110,6 +110,33 @@ class UnsafeArchiveError(ExpmanError):
     exit_code = 23
 
 
+# --- other machines -------------------------------------------------------------------
+
+
+class RemoteError(ExpmanError):
+    """An SSH host could not be reached, refused the login, or failed an operation."""
+
+    exit_code = 24
+
+
+class HostKeyError(RemoteError):
+    """The host's key is unknown or differs from known_hosts: never connect."""
+
+    exit_code = 25
+
+
+class ConnectionLostError(RemoteError):
+    """The link to a remote run dropped; the run itself goes on there."""
+
+    exit_code = 26
+
+
+class SlurmError(ExpmanError):
+    """sbatch, squeue or scancel failed or are missing."""
+
+    exit_code = 27
+
+
 # --- looking at runs ----------------------------------------------------------------
 
 

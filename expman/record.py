@@ -8,7 +8,11 @@ reaches a record.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -36,6 +40,7 @@ class GitInfo:
 
 @dataclass
 class ImageInfo:
+    dockerfile: str | None = None
     dockerfile_hash: str | None = None
     image_id: str | None = None
     image_tag: str | None = None
@@ -73,6 +78,11 @@ class RunRecord:
     pid: int | None = None
     job_id: str | None = None
     supervisor: dict[str, Any] | None = None
+    remote: dict[str, Any] | None = None
+    slurm: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    cancel_requested_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
     duration_s: float | None = None
@@ -89,6 +99,10 @@ class RunRecord:
         if self.started_at is not None:
             self.duration_s = round((now - datetime.fromisoformat(self.started_at)).total_seconds(), 3)
 
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -102,9 +116,28 @@ class RunRecord:
         return cls(**values)
 
 
-def save_record(run: RunDir, record: RunRecord) -> None:
+@contextmanager
+def record_lock(run: RunDir) -> Iterator[None]:
+    """Serialize writers of one run.json: the submitter, a Slurm node, ``expman cancel``.
+    The lock is taken on the run directory itself, so the directory holds no lock file."""
+    fd = os.open(run.path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        write_json_atomic(run.record, record.to_dict())
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def save_record(run: RunDir, record: RunRecord) -> None:
+    """Write run.json atomically; a cancel request written meanwhile by another process is kept."""
+    try:
+        with record_lock(run):
+            if record.cancel_requested_at is None and run.record.exists():
+                try:
+                    record.cancel_requested_at = json.loads(run.record.read_text()).get("cancel_requested_at")
+                except ValueError:
+                    pass
+            write_json_atomic(run.record, record.to_dict())
     except OSError as exc:
         raise RecordError(
             f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"

@@ -1,10 +1,12 @@
-"""From a commit to a run: every check first, then the run directory, archive, record and
-image, then the backend's execution (followed here, or handed to a detached supervisor)."""
+"""From a commit to runs: every check first, then one run directory per sweep combination
+(archive, effective config, record), the backend's preparation (the image), then the
+execution: followed here, handed to a detached supervisor, or handed to a scheduler."""
 
 from __future__ import annotations
 
 import dataclasses
 import getpass
+import json
 import os
 import platform
 import subprocess
@@ -19,14 +21,23 @@ from . import __version__, gitguard
 from .archive import write_archive
 from .backends import make_backend
 from .backends.base import Backend, execute
-from .config import CONFIG_FILE, PROJECT_SCHEMA_FILE, ExperimentConfig, load_config
-from .errors import ConfigError, ExpmanError, LaunchError
+from .config import (
+    CONFIG_FILE,
+    PROJECT_SCHEMA_FILE,
+    ExperimentConfig,
+    HostSettings,
+    SlurmSettings,
+    hash_config,
+    load_config,
+)
+from .errors import ConfigError, ExpmanError, LaunchError, RunCancelledError
 from .hostinfo import host_facts
 from .image import dockerfile_hash, image_repository
 from .progress import Reporter
 from .record import CANCELLED, FAILED, QUEUED, GitInfo, ImageInfo, RunRecord, Submitter, load_record, save_record
 from .redact import strip_url_credentials
-from .rundir import Clock, RunDir, create_run_dir, resolve_runs_root, utc_now, write_bytes_atomic
+from .rundir import Clock, RunDir, create_run_dir, link_or_copy, resolve_runs_root, utc_now, write_bytes_atomic
+from .sweep import Combination, effective_config, expand_sweep
 
 DETACH_START_TIMEOUT_S = 120.0
 
@@ -44,9 +55,19 @@ class Plan:
     runs_root: Path
     dockerfile: bytes | None
     image_tag: str
+    combinations: list[Combination]
+    host: HostSettings | None = None
+    slurm: SlurmSettings = SlurmSettings()
 
 
-def plan_submission(path: Path, ref: str | None, backend: str | None, environ: Mapping[str, str]) -> Plan:
+def plan_submission(
+    path: Path,
+    ref: str | None,
+    backend: str | None,
+    environ: Mapping[str, str],
+    host: str | None = None,
+    slurm_overrides: Mapping[str, Any] | None = None,
+) -> Plan:
     """Run every git and configuration check; refuse (raise) before anything is written."""
     repo = gitguard.find_repository(path)
     head_config = _config_at(repo, "HEAD")
@@ -61,16 +82,21 @@ def plan_submission(path: Path, ref: str | None, backend: str | None, environ: M
     config = head_config if ref is None else _config_at(repo, commit)
     config_bytes = gitguard.read_file_at(repo, commit, CONFIG_FILE) or b""
     dockerfile = gitguard.read_file_at(repo, commit, config.settings.dockerfile)
+    backend = backend or config.settings.backend
+    slurm = dataclasses.replace(config.settings.slurm, **(slurm_overrides or {}))
     return Plan(
         repo=repo,
         commit=commit,
         commit_info=gitguard.commit_info(repo, commit),
         config=config,
         config_bytes=config_bytes,
-        backend=backend or config.settings.backend,
+        backend=backend,
         runs_root=resolve_runs_root(config.settings.runs_root, repo, environ),
         dockerfile=dockerfile,
         image_tag=f"{image_repository(config.settings.image, repo)}:{commit[:12]}",
+        combinations=expand_sweep(config.document),
+        host=config.settings.host_settings(host) if backend == "ssh" else None,
+        slurm=slurm,
     )
 
 
@@ -81,6 +107,8 @@ def describe_plan(plan: Plan, backend: Backend) -> dict[str, Any]:
         "backend": plan.backend,
         "runs_root": str(plan.runs_root),
         "config_hash": plan.config.config_hash,
+        "runs": len(plan.combinations),
+        **({"sweep": [c.values for c in plan.combinations]} if len(plan.combinations) > 1 else {}),
         **backend.describe(plan),
     }
 
@@ -92,33 +120,91 @@ def submit(
     argv: list[str],
     detach: bool = False,
     clock: Clock = utc_now,
-) -> RunRecord:
-    """Create the run and execute it; returns the record as it stands when this returns."""
+) -> list[RunRecord]:
+    """Create the runs and execute them; returns the records as they stand when this returns.
+
+    A sweep makes one run per combination; they share one archive (hard links) and one image.
+    """
     backend = make_backend(plan.backend, environ)
     backend.check(plan)
-    run = create_run_dir(plan.runs_root, clock)
-    record = new_record(plan, run, backend, argv, clock)
-    reporter.info(f"run {run.run_id} at {run.path}")
-    try:
-        write_archive(plan.repo, plan.commit, run.code_tar)
-        write_bytes_atomic(run.config, plan.config_bytes)
-        save_record(run, record)
-        backend.prepare(plan, run, record, reporter)
-        save_record(run, record)
-    except ExpmanError as exc:
-        record.mark_ended(FAILED, clock(), reason=exc.message)
-        save_record(run, record)
-        raise
-    except KeyboardInterrupt:
-        record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
-        save_record(run, record)
-        raise
+    runs = _create_runs(plan, backend, argv, clock, reporter)
+    for index, (run, record) in enumerate(runs):
+        try:
+            backend.prepare(run, record, reporter)
+            save_record(run, record)
+        except (ExpmanError, KeyboardInterrupt) as exc:
+            _end_unstarted(runs[index:], clock, exc)
+            raise
+    if backend.hands_off:
+        return backend.hand_off(runs, reporter)
     if detach:
-        return start_detached(run, environ)
-    return execute(backend, run, record, clock, echo=True)
+        return [start_detached(run, environ) for run, _ in runs]
+    records = []
+    for index, (run, record) in enumerate(runs):
+        if len(runs) > 1:
+            reporter.info(f"run {index + 1}/{len(runs)}: {run.run_id} {record.sweep['label'] if record.sweep else ''}")
+        records.append(execute(backend, run, record, clock, echo=True))
+        if records[-1].status == CANCELLED:
+            _end_unstarted(runs[index + 1 :], clock, RunCancelledError("cancelled by user before start"))
+            records.extend(r for _, r in runs[index + 1 :])
+            break
+    return records
 
 
-def new_record(plan: Plan, run: RunDir, backend: Backend, argv: list[str], clock: Clock) -> RunRecord:
+def _create_runs(
+    plan: Plan, backend: Backend, argv: list[str], clock: Clock, reporter: Reporter
+) -> list[tuple[RunDir, RunRecord]]:
+    runs: list[tuple[RunDir, RunRecord]] = []
+    sweep_id = None
+    for combination in plan.combinations:
+        run = create_run_dir(plan.runs_root, clock)
+        swept = len(plan.combinations) > 1
+        document = effective_config(plan.config.document, combination) if swept else plan.config.document
+        record = new_record(plan, run, backend, argv, clock, document)
+        if swept:
+            sweep_id = sweep_id or run.run_id
+            record.sweep = {
+                "id": sweep_id,
+                "index": combination.index,
+                "count": len(plan.combinations),
+                "values": combination.values,
+                "label": combination.label,
+            }
+        try:
+            if runs:
+                link_or_copy(runs[0][0].code_tar, run.code_tar)
+            else:
+                write_archive(plan.repo, plan.commit, run.code_tar)
+            config_bytes = plan.config_bytes if not swept else _config_text(document)
+            write_bytes_atomic(run.config, config_bytes)
+            save_record(run, record)
+        except ExpmanError as exc:
+            record.mark_ended(FAILED, clock(), reason=exc.message)
+            save_record(run, record)
+            raise
+        runs.append((run, record))
+        where = f"run {run.run_id} at {run.path}"
+        reporter.info(where if not swept else f"{where} ({combination.label})")
+    return runs
+
+
+def _end_unstarted(runs: list[tuple[RunDir, RunRecord]], clock: Clock, exc: BaseException) -> None:
+    """Runs that will not start now: failed with the error, or cancelled on Ctrl-C."""
+    for run, record in runs:
+        if isinstance(exc, ExpmanError) and not isinstance(exc, RunCancelledError):
+            record.mark_ended(FAILED, clock(), reason=exc.message)
+        else:
+            record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
+        save_record(run, record)
+
+
+def _config_text(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def new_record(
+    plan: Plan, run: RunDir, backend: Backend, argv: list[str], clock: Clock, document: dict[str, Any]
+) -> RunRecord:
     redactor = backend.redactor
     url = gitguard.remote_url(plan.repo, plan.config.settings.remote)
     info = plan.commit_info
@@ -135,7 +221,7 @@ def new_record(plan: Plan, run: RunDir, backend: Backend, argv: list[str], clock
             remote_url=redactor.text(strip_url_credentials(url)) if url else None,
             repository=str(plan.repo),
         ),
-        config_hash=plan.config.config_hash,
+        config_hash=hash_config(document),
         command=list(plan.config.settings.command),
         resources=dataclasses.asdict(plan.config.settings.resources),
         backend=plan.backend,
@@ -150,7 +236,11 @@ def new_record(plan: Plan, run: RunDir, backend: Backend, argv: list[str], clock
         host_facts=host_facts(),
         environment=redactor.environment(backend.environ),
         queued_at=clock().isoformat(),
-        image=ImageInfo(dockerfile_hash=dockerfile_hash(plan.dockerfile) if plan.dockerfile is not None else None),
+        image=ImageInfo(
+            dockerfile=plan.config.settings.dockerfile,
+            dockerfile_hash=dockerfile_hash(plan.dockerfile) if plan.dockerfile is not None else None,
+            image_tag=plan.image_tag,
+        ),
     )
 
 

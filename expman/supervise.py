@@ -13,15 +13,13 @@ from pathlib import Path
 from .backends import make_backend
 from .backends.base import execute
 from .errors import ExpmanError
-from .record import load_record, save_record
+from .record import load_record
 from .rundir import RunDir, utc_now
 
 
 def main(argv: list[str]) -> int:
     run = RunDir(Path(argv[0]))
     record = load_record(run)
-    record.supervisor = {"pid": os.getpid()}
-    save_record(run, record)
     try:
         final = execute(make_backend(record.backend, os.environ), run, record, utc_now, echo=False)
     except ExpmanError as exc:

@@ -134,7 +134,7 @@ def test_gpus_become_device_requests(tmp_path):
             "queued_at": "",
         }
     )
-    spec = container_spec(record, RunDir(tmp_path))
+    spec = container_spec(record, str(RunDir(tmp_path).output), "1000:1000")
     assert spec["device_requests"][0]["Count"] == 2 and spec["device_requests"][0]["Capabilities"] == [["gpu"]]
     assert spec["user"] == "1000:1000" and spec["init"] is True
 

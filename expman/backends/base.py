@@ -2,23 +2,31 @@
 
 A backend fills narrow hooks. ``check`` runs before anything is written; ``prepare`` makes
 what the run needs (an image, an extracted archive); ``start`` returns an ``Execution``
-that pumps output into a LogSink and can be waited on, stopped and killed. This module
-owns timeouts, cancellation and the status written to run.json.
+that pumps output into a LogSink and can be waited on, signalled, stopped and killed. This
+module owns timeouts, cancellation and the status written to run.json.
+
+A backend that hands runs to a scheduler (Slurm) sets ``hands_off`` and implements
+``hand_off`` instead of being followed here. ``reconcile`` brings the records of runs that
+are not final up to date with where they really run; ``cancel`` stops one.
 """
 
 from __future__ import annotations
 
 import abc
+import os
 import signal
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ExpmanError
+from ..errors import ConnectionLostError, ExpmanError
 from ..hostinfo import hostname
 from ..logsink import LogSink
-from ..record import CANCELLED, FAILED, SUCCEEDED, RunRecord, save_record
+from ..record import CANCELLED, FAILED, LOST, RUNNING, SUCCEEDED, RunRecord, load_record, save_record
 from ..redact import Redactor
 from ..rundir import Clock, RunDir
 
@@ -27,6 +35,9 @@ if TYPE_CHECKING:
     from ..submission import Plan
 
 STOP_GRACE_S = 10.0
+CANCEL_WAIT_S = 60.0
+# What a SIGTERM/SIGINT means, as (status, reason); a Slurm node tells timeouts and requeues apart.
+Interpretation = Callable[[RunRecord], tuple[str, str]]
 
 
 @dataclass
@@ -51,6 +62,10 @@ class Execution(abc.ABC):
     def kill(self) -> None: ...
 
     @abc.abstractmethod
+    def signal(self, signum: int) -> None:
+        """Deliver ``signum`` to the program (e.g. SIGUSR1: checkpoint now)."""
+
+    @abc.abstractmethod
     def end_state(self, exit_code: int) -> EndState:
         """Exit code, OOM flag and peak memory, once ended."""
 
@@ -65,6 +80,7 @@ class Cancelled(Exception):
 
 class Backend(abc.ABC):
     name: str = ""
+    hands_off = False
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
@@ -77,26 +93,85 @@ class Backend(abc.ABC):
         """What would run, for --dry-run."""
         return {"command": list(plan.config.settings.command)}
 
-    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:  # noqa: B027
-        """Make what the run needs; may fill fields of ``record`` (saved by the caller)."""
+    def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:  # noqa: B027
+        """Make what the run needs from its directory and record; may fill fields of ``record``
+        (saved by the caller). Runs where the run executes: here, or on a Slurm node."""
 
     @abc.abstractmethod
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         """Start the run; set ``record.container_id`` or ``record.pid``."""
+
+    def hand_off(self, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter) -> list[RunRecord]:
+        """Give prepared runs to a scheduler (backends with ``hands_off``)."""
+        raise NotImplementedError
+
+    def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
+        """Update the records of runs that are not final from their real state; returns warnings.
+
+        Here: a run whose following process (on this host) is gone is lost.
+        """
+        for run, record in runs:
+            if record.status == RUNNING and _supervisor_gone(record):
+                pid = (record.supervisor or {}).get("pid")
+                record.mark_ended(LOST, datetime.now(UTC), reason=f"the process following the run (pid {pid}) is gone")
+                save_record(run, record)
+        return []
+
+    def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
+        """Stop the run and record it as cancelled."""
+        pid = (record.supervisor or {}).get("pid")
+        if pid and not _supervisor_gone(record):
+            os.kill(pid, signal.SIGTERM)  # its execute() stops the run and records it
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while time.monotonic() < deadline:
+                record = load_record(run)
+                if record.final:
+                    return record
+                time.sleep(0.2)
+        self.stop_orphan(record)
+        record.mark_ended(CANCELLED, datetime.now(UTC), reason="cancelled by user")
+        save_record(run, record)
+        return record
+
+    def stop_orphan(self, record: RunRecord) -> None:  # noqa: B027 - an optional hook
+        """Stop what a run left running when nothing follows it any more."""
 
     @property
     def execution_host(self) -> str:
         return hostname()
 
 
-def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo: bool) -> RunRecord:
+def _supervisor_gone(record: RunRecord) -> bool:
+    """True when the run's following process was on this host and no longer exists."""
+    supervisor = record.supervisor or {}
+    if supervisor.get("host") != hostname() or not supervisor.get("pid"):
+        return False
+    try:
+        cmdline = Path(f"/proc/{supervisor['pid']}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"expman" not in cmdline
+
+
+def execute(
+    backend: Backend,
+    run: RunDir,
+    record: RunRecord,
+    clock: Clock,
+    echo: bool,
+    forward: Sequence[int] = (),
+    interpret: Interpretation | None = None,
+    stop_grace_s: float = STOP_GRACE_S,
+) -> RunRecord:
     """Start the run, wait for it under its timeout, and record how it ended.
 
-    SIGINT (Ctrl-C) and SIGTERM stop the run and record it as cancelled.
+    SIGINT (Ctrl-C) and SIGTERM stop the run and record it as cancelled (or as ``interpret``
+    says); signals in ``forward`` are passed on to the program.
     """
     sink = LogSink(run, backend.redactor, echo)
     previous = _install_cancel_handlers()
     execution = None
+    record.supervisor = {"pid": os.getpid(), "host": hostname()}
     try:
         try:
             execution = backend.start(run, record, sink)
@@ -110,7 +185,14 @@ def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo
             return record
         record.mark_running(clock(), backend.execution_host)
         save_record(run, record)
-        status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"))
+        previous.update(_install_forwarders(forward, execution))
+        try:
+            status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"), stop_grace_s)
+        except ConnectionLostError:
+            save_record(run, record)  # still running over there; reconnecting tells how it ends
+            raise
+        if status == CANCELLED and interpret is not None:
+            status, reason = interpret(record)
         end = execution.end_state(exit_code)
         record.exit_code, record.oom_killed, record.peak_memory_bytes = (
             end.exit_code,
@@ -130,14 +212,14 @@ def execute(backend: Backend, run: RunDir, record: RunRecord, clock: Clock, echo
     return record
 
 
-def _wait(execution: Execution, timeout_s: float | None) -> tuple[str, str | None, int]:
+def _wait(execution: Execution, timeout_s: float | None, stop_grace_s: float) -> tuple[str, str | None, int]:
     try:
         exit_code = execution.wait(timeout_s)
         if exit_code is None:
             execution.kill()
             return FAILED, "timeout", _wait_uninterrupted(execution)
     except Cancelled:
-        execution.stop(STOP_GRACE_S)
+        execution.stop(stop_grace_s)
         return CANCELLED, "cancelled by user", _wait_uninterrupted(execution)
     return (SUCCEEDED if exit_code == 0 else FAILED), None, exit_code
 
@@ -155,6 +237,10 @@ def _raise_cancelled(signum: int, frame: FrameType | None) -> None:
 
 def _install_cancel_handlers() -> dict[int, Any]:
     return {s: signal.signal(s, _raise_cancelled) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _install_forwarders(signums: Sequence[int], execution: Execution) -> dict[int, Any]:
+    return {s: signal.signal(s, lambda signum, frame: execution.signal(signum)) for s in signums}
 
 
 def _restore_handlers(previous: dict[int, Any]) -> None:

@@ -17,7 +17,7 @@ from ..errors import BuildError, ConfigError, LaunchError
 from ..logsink import STDERR, STDOUT, LogSink
 from ..record import RunRecord, save_record
 from ..rundir import RunDir
-from .base import Backend, EndState, Execution
+from .base import STOP_GRACE_S, Backend, EndState, Execution
 
 if TYPE_CHECKING:
     from ..progress import Reporter
@@ -36,19 +36,20 @@ def container_environment(record: RunRecord) -> dict[str, str]:
     }
 
 
-def container_spec(record: RunRecord, run: RunDir) -> dict[str, Any]:
-    """Keyword arguments for ``containers.create``: a pure function of the record."""
+def container_spec(record: RunRecord, output_dir: str, user: str) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: a pure function of the record, the
+    output directory on the engine's host and the uid:gid to run as."""
     res = record.resources
     spec: dict[str, Any] = {
         "image": record.image.image_id,
         "command": list(record.command),
         "working_dir": CODE_PATH,
-        "user": f"{record.submitter.uid}:{record.submitter.gid}",
+        "user": user,
         "init": True,
         "security_opt": ["no-new-privileges"],
         "environment": container_environment(record),
         "labels": {"expman.run_id": record.run_id, "expman.commit": record.git.commit},
-        "mounts": [Mount(target=OUTPUT_PATH, source=str(run.output), type="bind", read_only=False)],
+        "mounts": [Mount(target=OUTPUT_PATH, source=output_dir, type="bind", read_only=False)],
         "detach": True,
     }
     if res.get("cpus"):
@@ -89,16 +90,16 @@ class LocalBackend(Backend):
             "docker_host": self.redactor.text(images.docker_host(self.environ)),
         }
 
-    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+    def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+        tag, dockerfile = record.image.image_tag or "", record.image.dockerfile or "Dockerfile"
         record.image.engine_version = images.engine_version(self.client)
-        record.image.image_tag = plan.image_tag
-        with reporter.activity(f"building image {plan.image_tag}") as step:
+        with reporter.activity(f"building image {tag}") as step:
             try:
                 record.image.image_id = images.build_image(
                     self.client,
                     run.code_tar,
-                    plan.config.settings.dockerfile,
-                    plan.image_tag,
+                    dockerfile,
+                    tag,
                     run.build_log,
                     self.redactor,
                     on_step=step,
@@ -107,14 +108,24 @@ class LocalBackend(Backend):
                 record.warnings.append(exc.message)
                 save_record(run, record)
                 raise
-        reporter.info(f"image {record.image.image_id[:19]} ({plan.image_tag})")
+        reporter.info(f"image {record.image.image_id[:19]} ({tag})")
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
+        user = f"{record.submitter.uid}:{record.submitter.gid}"
+        container = self.create_container(run, record, container_spec(record, str(run.output), user))
+        frames = self.start_container(run, container)
+        return ContainerExecution(self.client, container, frames, sink)
+
+    def create_container(self, run: RunDir, record: RunRecord, spec: dict[str, Any]) -> Any:
         try:
-            container = self.client.containers.create(**container_spec(record, run))
+            container = self.client.containers.create(**spec)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise LaunchError(f"cannot create the container: {self.redactor.text(str(exc))}") from None
         record.container_id = container.id
+        return container
+
+    def start_container(self, run: RunDir, container: Any) -> Any:
+        """Copy code and config in, attach, start; returns the attached output stream."""
         try:
             with container_payload(run.code_tar, run.config.read_bytes()) as payload:
                 container.put_archive("/", payload)
@@ -126,7 +137,21 @@ class LocalBackend(Backend):
             if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
                 raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
             raise
-        return ContainerExecution(self.client, container, frames, sink)
+        return frames
+
+    def stop_orphan(self, record: RunRecord) -> None:
+        if record.container_id:
+            stop_container(self.client, record.container_id)
+
+
+def stop_container(client: docker.DockerClient, container_id: str) -> None:
+    """Stop (SIGTERM, then SIGKILL after the grace) and remove; a missing container is fine."""
+    try:
+        container = client.containers.get(container_id)
+        container.stop(timeout=int(STOP_GRACE_S))
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass
 
 
 class ContainerExecution(Execution):
@@ -152,8 +177,11 @@ class ContainerExecution(Execution):
             pass
 
     def kill(self) -> None:
+        self.signal(9)
+
+    def signal(self, signum: int) -> None:
         try:
-            self._container.kill()
+            self._container.kill(signal=signum)
         except docker.errors.APIError:
             pass  # already ended
 

@@ -49,7 +49,7 @@ class ProcessBackend(Backend):
     def describe(self, plan: Plan) -> dict[str, Any]:
         return {**super().describe(plan), "working_directory": "<run>/code (extracted archive)"}
 
-    def prepare(self, plan: Plan, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+    def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
         extract_archive(run.code_tar, run.path / "code")
         unenforced = [k for k in ("memory_bytes", "cpus", "gpus") if record.resources.get(k)]
         if unenforced:
@@ -72,6 +72,13 @@ class ProcessBackend(Backend):
             ) from None
         record.pid = proc.pid
         return ProcessExecution(proc, sink)
+
+    def stop_orphan(self, record: RunRecord) -> None:
+        if record.pid:
+            try:
+                os.killpg(record.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 class ProcessExecution(Execution):
@@ -101,12 +108,12 @@ class ProcessExecution(Execution):
         return _shell_exit_code(self._status[0])
 
     def stop(self, grace_s: float) -> None:
-        self._signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)
         if self.wait(grace_s) is None:
             self.kill()
 
     def kill(self) -> None:
-        self._signal(signal.SIGKILL)
+        self.signal(signal.SIGKILL)
 
     def end_state(self, exit_code: int) -> EndState:
         rusage = self._status[1] if self._status else None
@@ -117,7 +124,7 @@ class ProcessExecution(Execution):
         if self._status is None:
             self.kill()
 
-    def _signal(self, signum: int) -> None:
+    def signal(self, signum: int) -> None:
         try:
             os.killpg(self._proc.pid, signum)
         except ProcessLookupError:
