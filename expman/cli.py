@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, control
 from .backends import BACKENDS, make_backend
 from .errors import ExpmanError, RunCancelledError, RunFailedError, UsageError
 from .gitguard import find_repository
@@ -70,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="run every check, print what would run, write nothing")
     p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
 
-    p = commands.add_parser("runs", help="list runs, newest first")
+    p = commands.add_parser("runs", help="list runs, newest first (live status from remote hosts and Slurm)")
     _add_runs_root(p)
+    _add_offline(p)
     p.add_argument("--status", choices=STATUSES, action="append", help="only runs with this status (repeatable)")
     p.add_argument("--commit", help="only runs of commits starting with this")
     p.add_argument("--format", choices=("table", "json"), default="table")
 
     p = commands.add_parser("show", help="show one run's record")
     _add_runs_root(p)
+    _add_offline(p)
     p.add_argument("run", nargs="?", help="run id or unique prefix (default: the newest run)")
     p.add_argument(
         "--format",
@@ -92,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     p.add_argument("--stream", choices=("all", "stdout", "stderr", "build"), default="all")
 
+    p = commands.add_parser("sync", help="copy ssh runs (record, logs, outputs) into the local runs_root")
+    _add_runs_root(p)
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or prefixes (default: every ssh run not synced)")
+
+    p = commands.add_parser("cancel", help="stop runs and record them as cancelled (any backend)")
+    _add_runs_root(p)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or unique prefixes")
+
     p = commands.add_parser("table", help="aggregate runs into a table (mean ± std over seeds)")
     _add_runs_root(p)
     add_table_arguments(p)
@@ -105,6 +115,12 @@ def _add_runs_root(parser: argparse.ArgumentParser) -> None:
         help="default: EXPMAN_RUNS_ROOT, config.json's runs_root, or ~/.local/share/expman/runs",
     )
     parser.add_argument("-C", "--repo", type=Path, default=Path("."), help=argparse.SUPPRESS)
+
+
+def _add_offline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offline", action="store_true", help="show the status as last recorded; do not ask hosts or Slurm"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +180,18 @@ def _report(console: Console, record: RunRecord, where: Path, followed: bool) ->
     console.print(line, markup=False, soft_wrap=True)
 
 
+def _records(args: argparse.Namespace, runs: list[RunDir]) -> list[RunRecord]:
+    """Records of ``runs``; unless --offline, those not final are refreshed from where they run."""
+    if args.offline:
+        return [load_record(r) for r in runs]
+    records, warnings = control.refresh(runs, os.environ)
+    for warning in warnings:
+        Console(stderr=True, highlight=False).print(f"expman: warning: {warning}", markup=False, style="yellow")
+    return records
+
+
 def cmd_runs(args: argparse.Namespace, argv: list[str], console: Console) -> int:
-    records = [load_record(r) for r in list_runs(_runs_root(args))]
+    records = _records(args, list_runs(_runs_root(args)))
     if args.status:
         records = [r for r in records if r.status in args.status]
     if args.commit:
@@ -196,7 +222,7 @@ def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int
     if args.format == "path":
         console.print(str(run.path), markup=False, soft_wrap=True)
         return 0
-    record = load_record(run)
+    (record,) = _records(args, [run])
     if args.format == "json":
         console.print_json(run.record.read_text())
         return 0
@@ -209,6 +235,11 @@ def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int
 
 def cmd_logs(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     run = find_run(_runs_root(args), args.run)
+    record = load_record(run)
+    if record.remote is not None and not record.remote.get("synced_at") and not record.final:
+        if args.follow and control.follow(run, os.environ):  # streams as it arrives, then syncs
+            return 0
+        control.sync(run, os.environ)  # the logs so far (all of them, if it has ended)
     streams = {"stdout": [run.stdout_log], "stderr": [run.stderr_log], "build": [run.build_log]}
     paths = streams.get(args.stream) or [run.stdout_log, run.stderr_log]
     targets = {run.stdout_log: sys.stdout.buffer, run.build_log: sys.stdout.buffer, run.stderr_log: sys.stderr.buffer}
@@ -261,6 +292,15 @@ def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
         "host": record.host or "",
         "image": f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip(),
         "container": record.container_id or "",
+        **({"slurm job": record.job_id} if record.job_id else {}),
+        **({"remote": f"{record.remote.get('name')}:{record.remote.get('path')}"} if record.remote else {}),
+        **({"synced": record.remote.get("synced_at") or "not yet"} if record.remote else {}),
+        **(
+            {"sweep": f"{record.sweep['index'] + 1}/{record.sweep['count']} {record.sweep['label']}"}
+            if record.sweep
+            else {}
+        ),
+        **({"attempts": len(record.attempts)} if len(record.attempts) > 1 else {}),
         "queued": record.queued_at,
         "started": record.started_at or "",
         "ended": record.ended_at or "",
@@ -291,8 +331,53 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+def cmd_sync(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    root = _runs_root(args)
+    if args.runs:
+        runs = [find_run(root, ref) for ref in args.runs]
+    else:
+        runs = [r for r in list_runs(root) if _needs_sync(load_record(r))]
+        if not runs:
+            console.print("every ssh run is synced", markup=False)
+            return 0
+    for run in runs:
+        record, result = control.sync(run, os.environ)
+        state = record.status + ("" if record.final else " (still running; sync again later)")
+        console.print(
+            f"{run.run_id} {state}: {result.files} files ({_bytes(result.bytes)}) copied, {result.skipped} unchanged",
+            markup=False,
+        )
+    return 0
+
+
+def _needs_sync(record: RunRecord) -> bool:
+    return record.remote is not None and not record.remote.get("synced_at")
+
+
+def cmd_cancel(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    root = _runs_root(args)
+    for run in [find_run(root, ref) for ref in args.runs]:
+        before = load_record(run).status
+        record = control.cancel(run, os.environ)
+        if before in FINAL_STATUSES:
+            console.print(f"{run.run_id} had already ended: {record.status}", markup=False)
+        else:
+            console.print(
+                f"{run.run_id} {record.status}" + (f" ({record.reason})" if record.reason else ""), markup=False
+            )
+    return 0
+
+
 def cmd_table(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     return run_table(args, console, _runs_root(args))
 
 
-_COMMANDS = {"submit": cmd_submit, "runs": cmd_runs, "show": cmd_show, "logs": cmd_logs, "table": cmd_table}
+_COMMANDS = {
+    "submit": cmd_submit,
+    "runs": cmd_runs,
+    "show": cmd_show,
+    "logs": cmd_logs,
+    "sync": cmd_sync,
+    "cancel": cmd_cancel,
+    "table": cmd_table,
+}

@@ -29,19 +29,22 @@ def docker_host(environ: Mapping[str, str]) -> str:
     return environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
 
 
-def connect(environ: Mapping[str, str], base_url: str | None = None) -> docker.DockerClient:
-    """A client for the engine named by DOCKER_HOST (or the local socket), checked with a ping."""
+def connect(environ: Mapping[str, str], base_url: str | None = None, shown: str | None = None) -> docker.DockerClient:
+    """A client for the engine named by DOCKER_HOST (or ``base_url``), checked with a ping;
+    ``shown`` names the engine in errors."""
     url = base_url or docker_host(environ)
-    shown = Redactor(environ).text(url)
+    shown = shown or Redactor(environ).text(url)
     try:
         client = docker.DockerClient(base_url=url, version="auto", timeout=120)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         reason = str(exc).splitlines()[0][:200]
-        raise DockerUnavailableError(
-            f"cannot reach the Docker engine at {shown} ({reason}); start dockerd (or set DOCKER_HOST) "
-            f"or use --backend process"
-        ) from None
+        hint = (
+            "check that Docker is installed there and the login user may use it (docker group)"
+            if base_url
+            else "start dockerd (or set DOCKER_HOST) or use --backend process"
+        )
+        raise DockerUnavailableError(f"cannot reach the Docker engine at {shown} ({reason}); {hint}") from None
     return client
 
 

@@ -28,6 +28,8 @@ class LogSink:
 
     def write(self, stream: str, data: bytes) -> None:
         with self._lock:
+            if self._closed:  # output after close (a detached follower) stays in the engine's logs
+                return
             buffered = self._pending[stream] + data
             complete, newline, rest = buffered.rpartition(b"\n")
             self._pending[stream] = rest

@@ -138,7 +138,7 @@ def submit(
     if backend.hands_off:
         return backend.hand_off(runs, reporter)
     if detach:
-        return [start_detached(run, environ) for run, _ in runs]
+        return [backend.detach(run, record) for run, record in runs]
     records = []
     for index, (run, record) in enumerate(runs):
         if len(runs) > 1:

@@ -159,3 +159,34 @@ def only_run(root: Path) -> Path:
 
 def read_record(run: Path) -> dict[str, Any]:
     return json.loads((run / "run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[Any]:
+    """A real sshd on a free 127.0.0.1 port, a key made for the test, a non-root remote user."""
+    import tempfile
+
+    from .daemons import Missing, start_sshd
+
+    try:
+        daemon = start_sshd(Path(tempfile.mkdtemp(prefix="expman-sshd-")))
+    except Missing as exc:
+        require(False, str(exc))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[Any]:
+    """A one-node Slurm cluster (munged, slurmctld, slurmd) with a slurm.conf written here."""
+    import tempfile
+
+    from .daemons import Missing, start_slurm
+
+    try:
+        cluster = start_slurm(Path(tempfile.mkdtemp(prefix="expman-slurm-")))
+    except Missing as exc:
+        require(False, str(exc))
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()

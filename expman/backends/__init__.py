@@ -8,8 +8,9 @@ from ..errors import UsageError
 from .base import Backend
 from .local import LocalBackend
 from .process import ProcessBackend
+from .ssh import SSHBackend
 
-BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "process": ProcessBackend}
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "process": ProcessBackend, "ssh": SSHBackend}
 
 
 def make_backend(name: str, environ: Mapping[str, str]) -> Backend:

@@ -101,6 +101,12 @@ class Backend(abc.ABC):
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         """Start the run; set ``record.container_id`` or ``record.pid``."""
 
+    def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
+        """Start the run and return at once: here a supervisor process follows it."""
+        from ..submission import start_detached
+
+        return start_detached(run, self.environ)
+
     def hand_off(self, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter) -> list[RunRecord]:
         """Give prepared runs to a scheduler (backends with ``hands_off``)."""
         raise NotImplementedError
@@ -135,6 +141,9 @@ class Backend(abc.ABC):
 
     def stop_orphan(self, record: RunRecord) -> None:  # noqa: B027 - an optional hook
         """Stop what a run left running when nothing follows it any more."""
+
+    def close(self) -> None:  # noqa: B027 - an optional hook
+        """Release connections."""
 
     @property
     def execution_host(self) -> str:

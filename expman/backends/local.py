@@ -10,6 +10,7 @@ import docker
 import docker.errors
 import requests
 from docker.types import DeviceRequest, Mount
+from urllib3.exceptions import HTTPError
 
 from .. import image as images
 from ..archive import container_payload
@@ -201,12 +202,16 @@ class ContainerExecution(Execution):
             pass
 
     def _pump_output(self, frames: Any) -> None:
-        """Copy the container's output into the sink until the container ends."""
+        self.pump(frames, self._sink)
+
+    @staticmethod
+    def pump(frames: Any, sink: LogSink) -> None:
+        """Copy demultiplexed container output into the sink until the stream ends."""
         for out, err in frames:
             if out:
-                self._sink.write(STDOUT, out)
+                sink.write(STDOUT, out)
             if err:
-                self._sink.write(STDERR, err)
+                sink.write(STDERR, err)
 
     def _watch_memory(self) -> None:
         """Track peak memory from the engine's stats (cgroup v1 max_usage, else sampled usage)."""
@@ -216,5 +221,5 @@ class ContainerExecution(Execution):
                 observed = memory.get("max_usage") or memory.get("usage")
                 if observed:
                     self._peak_memory = max(self._peak_memory or 0, int(observed))
-        except (docker.errors.DockerException, requests.exceptions.RequestException, ValueError):
+        except (docker.errors.DockerException, requests.exceptions.RequestException, HTTPError, OSError, ValueError):
             pass  # telemetry only: a lost stats stream leaves the peak unknown

@@ -1,0 +1,386 @@
+"""Runs in a container on the Docker engine of an SSH host (expman.hosts).
+
+The image is built by the host's engine (its layer cache), the run directory is mirrored
+under the host's runs_root (code.tar, config.json, run.json, logs, output), and the
+container runs there under the same contract as locally, as the remote login user. The
+container is left to the host's engine: a dropped connection or a sleeping laptop does not
+stop it. ``reconcile`` reconnects for the live status, ``sync`` copies the remote run
+directory back (only files that changed), and the container is removed once its run is
+final and synced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import requests
+
+from ..config import HostSettings
+from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
+from ..logsink import LogSink
+from ..record import FAILED, LOST, QUEUED, SUCCEEDED, RunRecord, save_record
+from ..remote import RemoteHost, connect
+from ..rundir import RunDir, write_bytes_atomic
+from .base import Execution
+from .local import ContainerExecution, LocalBackend, container_spec, stop_container
+
+if TYPE_CHECKING:
+    from ..progress import Reporter
+    from ..submission import Plan
+
+_LINK_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError, EOFError)
+
+
+@dataclasses.dataclass
+class SyncResult:
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+
+
+def host_of(record: RunRecord) -> HostSettings:
+    """The host a run was submitted to, as recorded (no repository needed)."""
+    remote = record.remote or {}
+    fields = {f.name for f in dataclasses.fields(HostSettings)}
+    return HostSettings(**{k: v for k, v in remote.items() if k in fields})
+
+
+class SSHBackend(LocalBackend):
+    name = "ssh"
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(environ)
+        self._remote: RemoteHost | None = None
+        self._settings: HostSettings | None = None
+
+    # --- connection ---------------------------------------------------------------
+
+    def remote_for(self, settings: HostSettings) -> RemoteHost:
+        """A live connection to ``settings``' host, reusing the current one when it is that host."""
+        if self._remote is None or not self._remote.alive or _link(self._remote.settings) != _link(settings):
+            if self._remote is not None:
+                self._remote.close()
+            self._remote, self._client = connect(settings), None
+        return self._remote
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            assert self._remote is not None, "connect to a host first"
+            self._client = self._remote.docker(self.environ)
+        return self._client
+
+    @property
+    def connected(self) -> bool:
+        return self._remote is not None and self._remote.alive
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
+            self._remote, self._client = None, None
+
+    # --- submitting ---------------------------------------------------------------
+
+    def check(self, plan: Plan) -> None:
+        if plan.dockerfile is None:
+            raise ConfigError(
+                f"commit {plan.commit[:12]} has no {plan.config.settings.dockerfile}; the ssh backend runs containers"
+            )
+        assert plan.host is not None
+        self._settings = plan.host
+        self.remote_for(plan.host)
+        self.client  # noqa: B018 - reaching the remote engine is part of the check
+
+    def describe(self, plan: Plan) -> dict[str, Any]:
+        assert plan.host is not None
+        return {
+            "command": list(plan.config.settings.command),
+            "image_tag": plan.image_tag,
+            "host": plan.host.name,
+            "ssh": plan.host.target,
+            "remote_runs_root": plan.host.runs_root,
+        }
+
+    def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+        assert self._settings is not None
+        remote = self.remote_for(self._settings)
+        runs_root = remote.path(self._settings.runs_root)
+        path = posixpath.join(runs_root, run.run_id)
+        with reporter.activity(f"copying the run to {self._settings.name}:{path}"):
+            try:
+                for sub in ("logs", "output"):
+                    remote.makedirs(posixpath.join(path, sub))
+                uid, gid = remote.owner(path)
+                remote.put(run.code_tar, posixpath.join(path, "code.tar"))
+                remote.put(run.config, posixpath.join(path, "config.json"))
+            except OSError as exc:
+                raise RemoteError(
+                    f"cannot write {path} on {self._settings.name}: {exc}; check runs_root there"
+                ) from None
+        record.remote = {**dataclasses.asdict(self._settings), "runs_root": runs_root, "path": path}
+        record.remote.update(uid=uid, gid=gid, synced_at=None)
+        super().prepare(run, record, reporter)
+        remote.put(run.build_log, posixpath.join(path, "logs", "build.log"))
+        self.push_record(run, record)
+
+    def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
+        remote = record.remote or {}
+        user = f"{remote['uid']}:{remote['gid']}"
+        spec = container_spec(record, posixpath.join(remote["path"], "output"), user)
+        spec["labels"]["expman.host"] = remote["name"]
+        container = self.create_container(run, record, spec)
+        frames = self.start_container(run, container)
+        return RemoteExecution(self, run, record, container, frames, sink)
+
+    def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
+        """Start the container and return: the host's engine keeps it running."""
+        sink = LogSink(run, self.redactor, echo=False)
+        try:
+            execution = self.start(run, record, sink)
+        except ExpmanError as exc:
+            record.mark_ended(FAILED, datetime.now(UTC), reason=f"start failed: {exc.message}")
+            save_record(run, record)
+            raise
+        finally:
+            sink.close()
+        assert isinstance(execution, RemoteExecution)
+        execution.detach()
+        record.mark_running(datetime.now(UTC), self.execution_host)
+        save_record(run, record)
+        self.push_record(run, record)
+        return record
+
+    @property
+    def execution_host(self) -> str:
+        assert self._settings is not None
+        return self._settings.name
+
+    def push_record(self, run: RunDir, record: RunRecord) -> None:
+        """Mirror run.json into the remote run directory."""
+        assert self._remote is not None and record.remote is not None
+        data = (json.dumps(record.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+        self._remote.put_bytes(data, posixpath.join(record.remote["path"], "run.json"))
+
+    # --- looking at and controlling runs ------------------------------------------
+
+    @contextmanager
+    def session(self, record: RunRecord) -> Iterator[RemoteHost]:
+        """Connected to the run's host (reused across runs of the same host)."""
+        self._settings = host_of(record)
+        yield self.remote_for(self._settings)
+
+    def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
+        warnings = []
+        for run, record in runs:
+            if record.remote is None or record.container_id is None:
+                continue
+            try:
+                with self.session(record):
+                    self.update_status(run, record)
+            except ExpmanError as exc:
+                warnings.append(f"{record.run_id}: status as last recorded; {exc.message}")
+            except _LINK_ERRORS as exc:
+                warnings.append(f"{record.run_id}: status as last recorded; lost the link to {record.host}: {exc}")
+        return warnings
+
+    def update_status(self, run: RunDir, record: RunRecord) -> dict[str, Any] | None:
+        """Read the container's state and record any change; returns the state (None: gone)."""
+        assert record.container_id is not None
+        try:
+            state = self.client.api.inspect_container(record.container_id)["State"]
+        except docker.errors.NotFound:
+            if not record.final:
+                record.mark_ended(LOST, datetime.now(UTC), reason=f"its container is gone from {record.host}")
+                save_record(run, record)
+            return None
+        if record.final:
+            return state
+        if state.get("Running"):
+            if record.status == QUEUED:
+                started = _parse_time(state.get("StartedAt")) or datetime.now(UTC)
+                record.mark_running(started, host_of(record).name)
+                save_record(run, record)
+            self._enforce_timeout(run, record)
+            return state
+        if state.get("Status") in ("exited", "dead"):
+            self._record_end(run, record, state)
+        return state
+
+    def _enforce_timeout(self, run: RunDir, record: RunRecord) -> None:
+        timeout_s = record.resources.get("timeout_s")
+        if not timeout_s or not record.started_at:
+            return
+        elapsed = (datetime.now(UTC) - datetime.fromisoformat(record.started_at)).total_seconds()
+        if elapsed > timeout_s:
+            assert record.container_id is not None
+            self.client.api.kill(record.container_id)
+            state = self.client.api.inspect_container(record.container_id)["State"]
+            self._record_end(run, record, state, status=FAILED, reason="timeout")
+
+    def _record_end(
+        self,
+        run: RunDir,
+        record: RunRecord,
+        state: dict[str, Any],
+        status: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        exit_code = int(state.get("ExitCode", -1))
+        record.exit_code, record.oom_killed = exit_code, bool(state.get("OOMKilled"))
+        if status is None:
+            status = SUCCEEDED if exit_code == 0 else FAILED
+            reason = None if exit_code == 0 else ("out of memory" if record.oom_killed else f"exit code {exit_code}")
+        record.mark_ended(status, _parse_time(state.get("FinishedAt")) or datetime.now(UTC), reason=reason)
+        save_record(run, record)
+
+    def sync(self, run: RunDir, record: RunRecord) -> SyncResult:
+        """Bring the run's status, logs and outputs here; once final, remove its container."""
+        with self.session(record) as remote:
+            state = self.update_status(run, record) if record.container_id else None
+            result = self._copy_outputs(remote, run, record)
+            if state is not None:
+                self._copy_logs(run, record)
+            if record.final:
+                for name in ("stdout.log", "stderr.log"):
+                    if (run.logs / name).exists():
+                        remote.put(run.logs / name, posixpath.join(record.remote["path"], "logs", name))  # type: ignore[index]
+                if state is not None:
+                    stop_container(self.client, record.container_id or "")
+                record.remote["synced_at"] = datetime.now(UTC).isoformat()  # type: ignore[index]
+                save_record(run, record)
+            self.push_record(run, record)
+        return result
+
+    def _copy_outputs(self, remote: RemoteHost, run: RunDir, record: RunRecord) -> SyncResult:
+        result = SyncResult()
+        top = posixpath.join(record.remote["path"], "output")  # type: ignore[index]
+        for relative, attributes in remote.walk(top):
+            local = run.output / relative
+            size, mtime = attributes.st_size, attributes.st_mtime
+            try:
+                current = local.stat()
+                if current.st_size == size and int(current.st_mtime) == mtime:
+                    result.skipped += 1
+                    continue
+            except FileNotFoundError:
+                pass
+            remote.get(posixpath.join(top, relative), local, mtime)
+            result.files += 1
+            result.bytes += size or 0
+        return result
+
+    def _copy_logs(self, run: RunDir, record: RunRecord) -> None:
+        """The container's whole stdout and stderr, redacted, replace the local logs."""
+        for name, path in (("stdout", run.stdout_log), ("stderr", run.stderr_log)):
+            data = self.client.api.logs(record.container_id, stdout=name == "stdout", stderr=name == "stderr")
+            write_bytes_atomic(path, self.redactor.text(data.decode("utf-8", errors="replace")).encode())
+
+    def follow_logs(self, run: RunDir, record: RunRecord, echo: bool = True) -> bool:
+        """Stream a running remote run's output here until it ends, then sync it; False if it
+        was not running (then only synced)."""
+        streamed = False
+        with self.session(record):
+            state = self.update_status(run, record)
+            if state is not None and state.get("Running"):
+                frames = self.client.api.attach(
+                    record.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
+                )
+                for path in (run.stdout_log, run.stderr_log):  # the replay from the start rewrites them
+                    path.write_bytes(b"")
+                sink = LogSink(run, self.redactor, echo)
+                try:
+                    ContainerExecution.pump(frames, sink)
+                except _LINK_ERRORS:
+                    raise ConnectionLostError(
+                        f"lost the connection to {record.host}; run {record.run_id} goes on there; "
+                        f"'expman logs {record.run_id} --follow' reconnects"
+                    ) from None
+                finally:
+                    sink.close()
+                self.client.api.wait(record.container_id)
+                streamed = True
+            self.sync(run, record)
+        return streamed
+
+    def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
+        record = super().cancel(run, record)
+        self.sync(run, record)
+        return record
+
+    def stop_orphan(self, record: RunRecord) -> None:
+        if record.container_id:
+            with self.session(record):
+                try:
+                    self.client.api.stop(record.container_id, timeout=10)
+                    state = self.client.api.inspect_container(record.container_id)["State"]
+                    record.exit_code = int(state.get("ExitCode", -1))
+                except docker.errors.NotFound:
+                    pass
+
+
+class RemoteExecution(ContainerExecution):
+    """A container on an SSH host, followed over the connection. If the connection drops,
+    ``wait`` raises ConnectionLostError and the container is left running."""
+
+    def __init__(
+        self, backend: SSHBackend, run: RunDir, record: RunRecord, container: Any, frames: Any, sink: LogSink
+    ) -> None:
+        self._backend, self._run, self._record = backend, run, record
+        self._lost = False
+        super().__init__(backend.client, container, frames, sink)
+
+    def wait(self, timeout_s: float | None) -> int | None:
+        try:
+            exit_code = super().wait(timeout_s)
+        except _LINK_ERRORS:
+            self._lost = True
+        if self._lost or not self._backend.connected:
+            self._lost = True
+            raise ConnectionLostError(
+                f"lost the connection to {self._record.host}; run {self._record.run_id} goes on there; "
+                f"'expman show {self._record.run_id}' reconnects and 'expman sync' fetches its outputs"
+            )
+        return exit_code
+
+    def detach(self) -> None:
+        """Stop following: the container goes on, and cleanup leaves it alone."""
+        self._lost = True
+
+    def cleanup(self) -> None:
+        """Once the run is final: copy its outputs here and remove the container."""
+        if self._lost or not self._record.final:
+            return
+        try:
+            self._backend.sync(self._run, self._record)
+        except (ExpmanError, *_LINK_ERRORS):
+            self._record.warnings.append("could not sync the outputs at the end; run 'expman sync'")
+            save_record(self._run, self._record)
+
+    def _pump_output(self, frames: Any) -> None:
+        try:
+            self.pump(frames, self._sink)
+        except _LINK_ERRORS:
+            self._lost = True
+
+
+def _link(settings: HostSettings) -> tuple[Any, ...]:
+    """What identifies a connection (runs_root does not)."""
+    s = settings
+    return (s.hostname, s.port, s.user, s.identity_file, s.known_hosts, s.docker)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    """Docker's UTC times with nanoseconds ("2026-11-22T07:06:51.123456789Z") -> aware datetime."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", text or "")
+    if match is None or match[1].startswith("0001-"):
+        return None
+    return datetime.fromisoformat(f"{match[1]}.{(match[2] or '0')[:6].ljust(6, '0')}+00:00")

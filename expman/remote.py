@@ -1,0 +1,288 @@
+"""An SSH host with a Docker engine: one checked connection that carries SFTP (the run
+directory's files) and the Docker API (``docker system dial-stdio`` on the host).
+
+Nothing but sshd and Docker is needed on the host. Host keys are checked against
+known_hosts and never added; values reach the host only through SFTP and the Docker API.
+The one remote command is the fixed ``docker [-H URL] system dial-stdio``, its URL checked
+by the config schema and quoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import stat
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import docker
+import paramiko
+
+from .config import HostSettings
+from .errors import HostKeyError, RemoteError
+from .image import connect as connect_docker
+
+CONNECT_TIMEOUT_S = 15.0
+KEEPALIVE_S = 15
+_CHUNK = 65536
+
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, settings: HostSettings, known_hosts: Path) -> None:
+        self.settings, self.known_hosts = settings, known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        s = self.settings
+        port = f"-p {s.port} " if s.port != 22 else ""
+        raise HostKeyError(
+            f"host {s.name} ({s.hostname}:{s.port}) is not in {self.known_hosts} (its {key.get_name()} key is "
+            f"{key.fingerprint}); check that fingerprint, then add it: ssh-keyscan {port}{s.hostname} >> "
+            f"{self.known_hosts}"
+        )
+
+
+class RemoteHost:
+    """A connected host; close() (or a with block) ends the connection and the Docker tunnel."""
+
+    def __init__(self, settings: HostSettings, client: paramiko.SSHClient) -> None:
+        self.settings = settings
+        self._client = client
+        self.sftp = client.open_sftp()
+        self.home = self.sftp.normalize(".")
+        self._docker: docker.DockerClient | None = None
+        self._tunnel: _DockerTunnel | None = None
+
+    def __enter__(self) -> RemoteHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def path(self, configured: str) -> str:
+        """An absolute remote path; a leading ~/ is the login user's home."""
+        if configured == "~" or configured.startswith("~/"):
+            return posixpath.join(self.home, configured[2:])
+        return configured
+
+    def docker(self, environ: Mapping[str, str]) -> docker.DockerClient:
+        if self._docker is None:
+            self._tunnel = _DockerTunnel(self._client, self.settings.docker)
+            self._docker = connect_docker(environ, base_url=self._tunnel.url, shown=f"{self.settings.name} over SSH")
+            # One channel per request: a kept-alive connection whose dial-stdio has ended would
+            # fail the next request with a reset.
+            self._docker.api.headers["Connection"] = "close"
+        return self._docker
+
+    def makedirs(self, path: str) -> None:
+        parts = path.strip("/").split("/")
+        for depth in range(1, len(parts) + 1):
+            current = "/" + "/".join(parts[:depth])
+            try:
+                self.sftp.stat(current)
+            except FileNotFoundError:
+                self.sftp.mkdir(current)
+
+    def owner(self, path: str) -> tuple[int, int]:
+        attributes = self.sftp.stat(path)
+        return int(attributes.st_uid or 0), int(attributes.st_gid or 0)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Upload to a temporary name, then rename into place."""
+        partial = f"{remote}.partial"
+        self.sftp.put(str(local), partial)
+        self.sftp.posix_rename(partial, remote)
+
+    def put_bytes(self, data: bytes, remote: str) -> None:
+        partial = f"{remote}.partial"
+        with self.sftp.open(partial, "wb") as f:
+            f.write(data)
+        self.sftp.posix_rename(partial, remote)
+
+    def walk(self, top: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+        """(path relative to ``top``, attributes) of every regular file below ``top``."""
+        pending = [""]
+        while pending:
+            relative = pending.pop()
+            try:
+                entries = self.sftp.listdir_attr(posixpath.join(top, relative) if relative else top)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                path = posixpath.join(relative, entry.filename) if relative else entry.filename
+                if stat.S_ISDIR(entry.st_mode or 0):
+                    pending.append(path)
+                elif stat.S_ISREG(entry.st_mode or 0):
+                    yield path, entry
+
+    def get(self, remote: str, local: Path, mtime: int | None) -> None:
+        """Download next to ``local`` and rename into place; keep the remote mtime."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            self.sftp.get(remote, partial)
+            if mtime is not None:
+                os.utime(partial, (mtime, mtime))
+            os.replace(partial, local)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        if self._docker is not None:
+            self._docker.close()
+        if self._tunnel is not None:
+            self._tunnel.close()
+        self.sftp.close()
+        self._client.close()
+
+
+def connect(settings: HostSettings) -> RemoteHost:
+    """Log in with the host key checked; every failure is one clear line."""
+    known_hosts = Path(settings.known_hosts).expanduser()
+    where = f"{settings.name} ({settings.target})"
+    client = paramiko.SSHClient()
+    if not known_hosts.is_file():
+        raise HostKeyError(
+            f"no known_hosts file at {known_hosts}, so the key of {where} cannot be checked; "
+            f'add the host with ssh-keyscan or set "known_hosts" for it in expman.hosts'
+        )
+    try:
+        client.load_host_keys(str(known_hosts))
+    except OSError as exc:
+        raise HostKeyError(f"cannot read {known_hosts}: {exc}; fix the file") from None
+    client.set_missing_host_key_policy(_RefuseUnknownHost(settings, known_hosts))
+    identity = str(Path(settings.identity_file).expanduser()) if settings.identity_file else None
+    if identity is not None and not Path(identity).is_file():
+        raise RemoteError(f'identity_file {identity} of host {settings.name} does not exist; fix "identity_file"')
+    try:
+        client.connect(
+            settings.hostname,
+            port=settings.port,
+            username=settings.user,
+            key_filename=identity,
+            look_for_keys=identity is None,
+            allow_agent=identity is None,
+            timeout=CONNECT_TIMEOUT_S,
+            banner_timeout=CONNECT_TIMEOUT_S,
+            auth_timeout=CONNECT_TIMEOUT_S,
+        )
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyError(
+            f"the host key of {where} does not match {known_hosts} (got {exc.key.get_name()} "
+            f"{exc.key.fingerprint}); refusing to connect. If the host was reinstalled, check the new key "
+            f"and replace its line: ssh-keygen -R '[{settings.hostname}]:{settings.port}' -f {known_hosts}"
+        ) from None
+    except paramiko.AuthenticationException:
+        client.close()
+        key = f"the key {identity}" if identity else "your keys and agent"
+        raise RemoteError(
+            f"{where} refused the login as {settings.user or 'the current user'} with {key}; "
+            f'check the user in "ssh" and that the public key is in the host\'s authorized_keys'
+        ) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        client.close()
+        reason = str(exc) or type(exc).__name__
+        raise RemoteError(
+            f"cannot reach {where}: {reason}; check that the host is up and sshd listens on port {settings.port}"
+        ) from None
+    transport = client.get_transport()
+    assert transport is not None
+    transport.set_keepalive(KEEPALIVE_S)
+    try:
+        return RemoteHost(settings, client)
+    except (paramiko.SSHException, OSError) as exc:
+        client.close()
+        raise RemoteError(f"{where} accepted the login but SFTP failed ({exc}); enable its sftp subsystem") from None
+
+
+class _DockerTunnel:
+    """A private Unix socket here; each connection to it is a fresh SSH channel running
+    ``docker system dial-stdio`` on the host, so docker-py speaks to the remote engine."""
+
+    def __init__(self, client: paramiko.SSHClient, engine_url: str | None) -> None:
+        self._client = client
+        self._command = "docker " + (f"-H {shlex.quote(engine_url)} " if engine_url else "") + "system dial-stdio"
+        self._dir = tempfile.mkdtemp(prefix="expman-ssh-")
+        self._path = os.path.join(self._dir, "docker.sock")
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(self._path)
+        self._server.listen(16)
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self._path}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                local, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                transport = self._client.get_transport()
+                if transport is None or not transport.is_active():
+                    raise paramiko.SSHException("connection closed")
+                channel = transport.open_session(timeout=CONNECT_TIMEOUT_S)
+                channel.exec_command(self._command)
+            except (paramiko.SSHException, OSError, EOFError):
+                local.close()
+                continue
+            threading.Thread(target=_bridge, args=(local, channel), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()
+        try:
+            os.unlink(self._path)
+            os.rmdir(self._dir)
+        except OSError:
+            pass
+
+
+def _bridge(local: socket.socket, channel: paramiko.Channel) -> None:
+    """Both directions until both have ended, then close both ends."""
+    upstream = threading.Thread(target=_pump, args=(local, channel), daemon=True)
+    upstream.start()
+    _pump(channel, local)
+    upstream.join()
+    channel.close()
+    local.close()
+
+
+def _pump(source: Any, target: Any) -> None:
+    """Copy bytes one way until EOF; then half-close the other side."""
+    try:
+        while True:
+            data = source.recv(_CHUNK)
+            if not data:
+                break
+            target.sendall(data)
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+    try:
+        if isinstance(target, paramiko.Channel):
+            target.shutdown_write()
+        else:
+            target.shutdown(socket.SHUT_WR)
+    except (OSError, EOFError):
+        pass

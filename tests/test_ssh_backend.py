@@ -1,0 +1,150 @@
+"""The ssh backend against a real sshd on 127.0.0.1 and the real Docker engine behind it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expman import errors
+from expman.cli import main
+
+from .conftest import only_run, read_record
+from .helpers import submit, wait_for_status
+
+
+def host_entry(sshd: Any, **overrides: Any) -> dict[str, Any]:
+    entry = {
+        "ssh": sshd.target,
+        "identity_file": str(sshd.identity_file),
+        "known_hosts": str(sshd.known_hosts),
+        "runs_root": f"~/runs-{secrets.token_hex(4)}",
+    }
+    return {**entry, **overrides}
+
+
+@pytest.fixture
+def remote_repo(make_repo, sshd, docker_client):
+    def make(job: dict[str, Any] | None = None, **host: Any) -> Any:
+        return make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd, **host)}}, job)
+
+    return make
+
+
+def remote_dir(sshd: Any, record: dict[str, Any]) -> Path:
+    path = Path(record["remote"]["path"])
+    assert path.is_relative_to(sshd.home)
+    return path
+
+
+def test_remote_submit_run_sync_and_table(remote_repo, sshd, runs_root, docker_client, capsys):
+    repo = remote_repo()
+    assert submit(repo.path) == 0
+    run = only_run(runs_root)
+    record = read_record(run)
+    assert record["status"] == "succeeded" and record["backend"] == "ssh" and record["host"] == "box"
+    assert record["remote"]["synced_at"] and record["image"]["image_id"].startswith("sha256:")
+    results = json.loads((run / "output" / "results.json").read_text())
+    remote_uid = int(subprocess.run(["id", "-u", sshd.user], capture_output=True, text=True).stdout)
+    assert results["uid"] == remote_uid != os.getuid() and results["cwd"] == "/code"
+    assert "code version 1" in (run / "logs" / "stdout.log").read_text()
+    assert "a line on stderr" in (run / "logs" / "stderr.log").read_text()
+    there = remote_dir(sshd, record)
+    assert {p.name for p in there.iterdir()} == {"run.json", "config.json", "code.tar", "logs", "output"}
+    assert json.loads((there / "run.json").read_text())["status"] == "succeeded"
+    assert (there / "output" / "results.json").stat().st_uid == remote_uid
+    assert not docker_client.containers.list(all=True, filters={"label": f"expman.run_id={run.name}"})
+    capsys.readouterr()
+    assert main(["table", "--value", "results.accuracy", "--format", "csv", "--rows", "train.train_seed"]) == 0
+    assert "0.9" in capsys.readouterr().out
+
+
+def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo, sshd, runs_root, capsys):
+    repo = remote_repo(job={"mode": "sleep", "seconds": 8})
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "expman", "submit", "-C", str(repo.path)], env=env, stderr=subprocess.PIPE
+    )
+    wait_for_status(runs_root, {"running"})
+    time.sleep(1.5)
+    sshd.kill_sessions()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == errors.ConnectionLostError.exit_code, stderr
+    assert b"goes on there" in stderr
+    run = only_run(runs_root)
+    assert read_record(run)["status"] == "running"
+    assert main(["show", run.name, "--format", "json"]) == 0  # reconnects: still running
+    assert json.loads(capsys.readouterr().out)["status"] == "running"
+    assert main(["logs", run.name, "--follow"]) == 0  # streams until the end, then syncs
+    assert "code version 1" in capsys.readouterr().out
+    record = read_record(run)
+    assert record["status"] == "succeeded" and record["exit_code"] == 0 and record["remote"]["synced_at"]
+    assert json.loads((run / "output" / "results.json").read_text())["accuracy"] == 0.9
+    assert main(["sync", run.name]) == 0
+    assert "0 files" in capsys.readouterr().out  # nothing changed since
+
+
+def test_detached_remote_run_status_sync_and_cancel(remote_repo, sshd, runs_root, capsys):
+    repo = remote_repo(job={"mode": "sleep", "seconds": 120})
+    assert submit(repo.path, "--detach") == 0
+    run = only_run(runs_root)
+    assert read_record(run)["status"] == "running"
+    assert main(["runs"]) == 0 and "running" in capsys.readouterr().out
+    assert main(["sync"]) == 0
+    assert "still running" in capsys.readouterr().out
+    assert main(["cancel", run.name]) == 0
+    record = read_record(run)
+    assert record["status"] == "cancelled" and record["remote"]["synced_at"]
+    assert "code version 1" in (run / "logs" / "stdout.log").read_text()
+
+
+def test_remote_timeout_is_enforced_when_the_status_is_read(remote_repo, runs_root):
+    repo = remote_repo(job={"mode": "sleep", "seconds": 120})
+    repo.set_expman(resources={"timeout": "2s"})
+    assert submit(repo.path, "--detach") == 0
+    time.sleep(3)
+    assert main(["runs"]) == 0
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "failed" and record["reason"] == "timeout"
+
+
+@pytest.mark.parametrize("problem", ["wrong key", "unknown key", "refused login", "unreachable"])
+def test_host_problems_are_refused_with_nothing_recorded(problem, remote_repo, sshd, runs_root, tmp_path, capsys):
+    other_key = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    known = tmp_path / "known_hosts"
+    if problem == "wrong key":
+        known.write_text(f"[127.0.0.1]:{sshd.port} {other_key.with_suffix('.pub').read_text()}")
+        repo, code, text = remote_repo(known_hosts=str(known)), errors.HostKeyError.exit_code, "does not match"
+    elif problem == "unknown key":
+        known.write_text("")
+        repo, code, text = remote_repo(known_hosts=str(known)), errors.HostKeyError.exit_code, "is not in"
+    elif problem == "refused login":
+        repo, code, text = remote_repo(identity_file=str(other_key)), errors.RemoteError.exit_code, "refused the login"
+    else:
+        with __import__("socket").socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+        repo = remote_repo(ssh=f"{sshd.user}@127.0.0.1:{closed_port}")
+        code, text = errors.RemoteError.exit_code, "cannot reach"
+    assert submit(repo.path) == code
+    err = capsys.readouterr().err
+    assert text in err and len(err.strip().splitlines()) == 1
+    assert not runs_root.exists() or not list(runs_root.iterdir())
+
+
+def test_cancel_works_for_local_runs(make_repo, runs_root, docker_client):
+    repo = make_repo(job={"mode": "sleep", "seconds": 120})
+    assert submit(repo.path, "--detach") == 0
+    run = only_run(runs_root)
+    assert main(["cancel", run.name]) == 0
+    record = wait_for_status(runs_root, {"cancelled"})
+    assert record["reason"] == "cancelled by user" and record["ended_at"]
+    assert not docker_client.containers.list(all=True, filters={"label": f"expman.run_id={run.name}"})
