@@ -38,6 +38,13 @@ elif mode == "oom":
         blocks.append(b"x" * (16 << 20))
 elif mode == "fail":
     sys.exit(3)
+elif mode == "checkpoint":  # SIGUSR1 writes a checkpoint; the run goes on
+    import signal
+    def on_signal(signum, frame):
+        with open(os.path.join(out, "checkpoint.txt"), "a") as f:
+            f.write(signal.Signals(signum).name + "\\n")
+    signal.signal(signal.SIGUSR1, on_signal)
+    time.sleep(job["seconds"])
 elif mode == "env":
     print(json.dumps(dict(os.environ), sort_keys=True), flush=True)
 with open(os.path.join(out, "results.json"), "w") as f:

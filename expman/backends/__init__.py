@@ -8,9 +8,15 @@ from ..errors import UsageError
 from .base import Backend
 from .local import LocalBackend
 from .process import ProcessBackend
+from .slurm import SlurmBackend
 from .ssh import SSHBackend
 
-BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "process": ProcessBackend, "ssh": SSHBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    "local": LocalBackend,
+    "process": ProcessBackend,
+    "ssh": SSHBackend,
+    "slurm": SlurmBackend,
+}
 
 
 def make_backend(name: str, environ: Mapping[str, str]) -> Backend:

@@ -188,7 +188,7 @@ class ContainerExecution(Execution):
 
     def end_state(self, exit_code: int) -> EndState:
         state = self._client.api.inspect_container(self._container.id)["State"]
-        self._stats.join(5)
+        self._stats.join(2)
         return EndState(
             exit_code=int(state.get("ExitCode", exit_code)),
             oom_killed=bool(state.get("OOMKilled")),

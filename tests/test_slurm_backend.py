@@ -1,0 +1,144 @@
+"""The slurm backend against a real one-node cluster (slurmctld, slurmd, munged on this host)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expman.backends.slurm import render_sbatch
+from expman.cli import main
+from expman.config import SlurmSettings
+from expman.results import load_runs
+
+GOLDEN = Path(__file__).parent / "golden" / "sbatch_array.sh"
+
+
+def test_sbatch_script_matches_the_golden_file():
+    settings = SlurmSettings(
+        partition="gpu",
+        time="2-00:00:00",
+        gres="gpu:1",
+        cpus_per_task=4,
+        mem="16G",
+        account="lab",
+        qos="normal",
+        extra={"constraint": "a100", "exclusive": True},
+        array_throttle=2,
+        signal="USR1@120",
+        requeue=True,
+    )
+    assert render_sbatch(settings, "expman-demo", 5, "/opt/py 3/bin/python") == GOLDEN.read_text()
+
+
+def test_single_run_script_has_no_array_and_defaults():
+    script = render_sbatch(SlurmSettings(), "expman-x", 1, "/usr/bin/python3")
+    assert "--array" not in script and "#SBATCH --signal=B:USR1@60" in script and "#SBATCH --no-requeue" in script
+
+
+def records(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*/run.json"))]
+
+
+def wait_all(root: Path, statuses: set[str], count: int = 1, timeout_s: float = 120) -> list[dict[str, Any]]:
+    """Poll through `expman runs` (which reconciles with squeue) until every run is in ``statuses``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        main(["runs", "--format", "json"])
+        found = records(root)
+        if len(found) == count and all(r["status"] in statuses for r in found):
+            return found
+        time.sleep(1)
+    raise AssertionError(f"runs did not reach {statuses}: {[(r['run_id'], r['status']) for r in records(root)]}")
+
+
+@pytest.fixture
+def slurm_repo(make_repo, slurm, docker_client):
+    def make(job: dict[str, Any] | None = None, **settings: Any) -> Any:
+        return make_repo({"backend": "slurm", "slurm": settings}, job)
+
+    return make
+
+
+def test_slurm_submit_run_record(slurm_repo, runs_root, capsys):
+    repo = slurm_repo()
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    assert "queued (Slurm job" in capsys.readouterr().out
+    (record,) = wait_all(runs_root, {"succeeded", "failed", "lost"})
+    assert record["status"] == "succeeded" and record["exit_code"] == 0, record["reason"]
+    assert record["job_id"] and record["slurm"]["script"] and len(record["attempts"]) == 1
+    assert record["image"]["image_id"].startswith("sha256:") and record["host"]
+    run = runs_root / record["run_id"]
+    assert json.loads((run / "output" / "results.json").read_text())["accuracy"] == 0.9
+    assert "code version 1" in (run / "logs" / "stdout.log").read_text()
+
+
+def test_sweep_of_five_seeds_is_one_job_array(slurm_repo, runs_root):
+    repo = slurm_repo(array_throttle=2)
+    repo.set_expman(sweep={"train.train_seed": [1, 9, 17, 25, 33]})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    found = wait_all(runs_root, {"succeeded", "failed", "lost"}, count=5, timeout_s=240)
+    assert {r["status"] for r in found} == {"succeeded"}
+    assert len({r["slurm"]["job_id"] for r in found}) == 1
+    assert sorted(r["job_id"].split("_")[1] for r in found) == ["0", "1", "2", "3", "4"]
+    seeds = sorted(
+        json.loads((runs_root / r["run_id"] / "config.json").read_text())["train"]["train_seed"] for r in found
+    )
+    assert seeds == [1, 9, 17, 25, 33]
+    inodes = {(runs_root / r["run_id"] / "code.tar").stat().st_ino for r in found}
+    assert len(inodes) == 1  # one archive, hard-linked
+    frame = load_runs(runs_root)
+    assert sorted(frame["config.train.train_seed"]) == seeds and set(frame["results.accuracy"]) == {0.9}
+
+
+def test_cancel_uses_scancel(slurm_repo, runs_root, docker_client):
+    repo = slurm_repo(job={"mode": "sleep", "seconds": 300})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    (record,) = wait_all(runs_root, {"running"})
+    assert main(["cancel", record["run_id"]]) == 0
+    (record,) = records(runs_root)
+    assert record["status"] == "cancelled" and record["reason"] == "cancelled by user"
+    assert not docker_client.containers.list(all=True, filters={"label": f"expman.run_id={record['run_id']}"})
+
+
+def test_time_limit_signals_then_records_timeout(slurm_repo, runs_root):
+    repo = slurm_repo(job={"mode": "checkpoint", "seconds": 600}, time="1", signal="USR1@45")
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    (record,) = wait_all(runs_root, {"failed", "succeeded", "cancelled", "lost"}, timeout_s=240)
+    assert record["status"] == "failed" and record["reason"] == "timeout"
+    checkpoint = runs_root / record["run_id"] / "output" / "checkpoint.txt"
+    assert checkpoint.read_text().startswith("SIGUSR1")
+
+
+def test_requeued_job_keeps_both_attempts(slurm_repo, runs_root, slurm):
+    repo = slurm_repo(job={"mode": "sleep", "seconds": 12})
+    assert main(["submit", "-C", str(repo.path), "--requeue"]) == 0
+    (record,) = wait_all(runs_root, {"running"})
+    time.sleep(2)
+    env = slurm.environ | _path()
+    subprocess.run(["scontrol", "requeue", record["job_id"]], check=True, env=env)
+    # Slurm holds a requeued job back for two minutes (BeginTime); the test need not wait that out.
+    for _ in range(50):
+        time.sleep(0.2)
+        if (
+            subprocess.run(["scontrol", "update", f"JobId={record['job_id']}", "StartTime=now"], env=env).returncode
+            == 0
+        ):
+            break
+    (record,) = wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
+    assert record["status"] == "succeeded", record["reason"]
+    assert [a["attempt"] for a in record["attempts"]] == [0, 1]
+    assert record["attempts"][0]["status"] == "queued" and "interrupted" in record["attempts"][0]["reason"]
+    run = runs_root / record["run_id"]
+    assert "code version 1" in (run / "logs" / "attempt-0" / "stdout.log").read_text()
+    assert "code version 1" in (run / "logs" / "stdout.log").read_text()
+
+
+def _path() -> dict[str, str]:
+    import os
+
+    return {"PATH": os.environ["PATH"]}
