@@ -236,7 +236,7 @@ def cmd_show(args: argparse.Namespace, argv: list[str], console: Console) -> int
 def cmd_logs(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     run = find_run(_runs_root(args), args.run)
     record = load_record(run)
-    if record.remote is not None and not record.remote.get("synced_at") and not record.final:
+    if record.remote is not None and not record.remote.get("synced_at"):  # ended or not, fetch it first
         if args.follow and control.follow(run, os.environ):  # streams as it arrives, then syncs
             return 0
         control.sync(run, os.environ)  # the logs so far (all of them, if it has ended)

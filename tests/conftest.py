@@ -168,17 +168,23 @@ def read_record(run: Path) -> dict[str, Any]:
     return json.loads((run / "run.json").read_text())
 
 
+def _start_daemon(starter: Callable[[Path], Any], prefix: str) -> Any:
+    import tempfile
+
+    from .daemons import Missing
+
+    try:
+        return starter(Path(tempfile.mkdtemp(prefix=prefix)))
+    except Missing as exc:
+        require(False, str(exc))
+
+
 @pytest.fixture(scope="session")
 def sshd() -> Iterator[Any]:
     """A real sshd on a free 127.0.0.1 port, a key made for the test, a non-root remote user."""
-    import tempfile
+    from .daemons import start_sshd
 
-    from .daemons import Missing, start_sshd
-
-    try:
-        daemon = start_sshd(Path(tempfile.mkdtemp(prefix="expman-sshd-")))
-    except Missing as exc:
-        require(False, str(exc))
+    daemon = _start_daemon(start_sshd, "expman-sshd-")
     yield daemon
     daemon.stop()
 
@@ -186,14 +192,9 @@ def sshd() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[Any]:
     """A one-node Slurm cluster (munged, slurmctld, slurmd) with a slurm.conf written here."""
-    import tempfile
+    from .daemons import start_slurm
 
-    from .daemons import Missing, start_slurm
-
-    try:
-        cluster = start_slurm(Path(tempfile.mkdtemp(prefix="expman-slurm-")))
-    except Missing as exc:
-        require(False, str(exc))
+    cluster = _start_daemon(start_slurm, "expman-slurm-")
     os.environ["SLURM_CONF"] = str(cluster.conf)
     yield cluster
     cluster.stop()

@@ -77,6 +77,15 @@ def test_slurm_submit_run_record(slurm_repo, runs_root, capsys):
     assert "code version 1" in (run / "logs" / "stdout.log").read_text()
 
 
+def test_process_runtime_for_clusters_without_docker(slurm_repo, runs_root):
+    repo = slurm_repo(runtime="process")
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    (record,) = wait_all(runs_root, {"succeeded", "failed", "lost"})
+    assert record["status"] == "succeeded" and record["container_id"] is None and record["pid"], record["reason"]
+    results = json.loads((runs_root / record["run_id"] / "output" / "results.json").read_text())
+    assert results["cwd"] == str(runs_root / record["run_id"] / "code")
+
+
 def test_sweep_of_five_seeds_is_one_job_array(slurm_repo, runs_root):
     repo = slurm_repo(array_throttle=2)
     repo.set_expman(sweep={"train.train_seed": [1, 9, 17, 25, 33]})

@@ -82,8 +82,10 @@ def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo
     assert read_record(run)["status"] == "running"
     assert main(["show", run.name, "--format", "json"]) == 0  # reconnects: still running
     assert json.loads(capsys.readouterr().out)["status"] == "running"
-    assert main(["logs", run.name, "--follow"]) == 0  # streams until the end, then syncs
-    assert "code version 1" in capsys.readouterr().out
+    follow = subprocess.run(  # streams until the end, then syncs
+        [sys.executable, "-m", "expman", "logs", run.name, "--follow"], env=env, capture_output=True, timeout=120
+    )
+    assert follow.returncode == 0 and b"code version 1" in follow.stdout, follow.stderr
     record = read_record(run)
     assert record["status"] == "succeeded" and record["exit_code"] == 0 and record["remote"]["synced_at"]
     assert json.loads((run / "output" / "results.json").read_text())["accuracy"] == 0.9

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import posixpath
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ import requests
 
 from ..config import HostSettings
 from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
-from ..logsink import LogSink
+from ..logsink import STDERR, STDOUT, LogSink
 from ..record import FAILED, LOST, QUEUED, SUCCEEDED, RunRecord, save_record
 from ..remote import RemoteHost, connect
 from ..rundir import RunDir, write_bytes_atomic
@@ -291,14 +292,11 @@ class SSHBackend(LocalBackend):
         with self.session(record):
             state = self.update_status(run, record)
             if state is not None and state.get("Running"):
-                frames = self.client.api.attach(
-                    record.container_id, stdout=True, stderr=True, stream=True, logs=True, demux=True
-                )
                 for path in (run.stdout_log, run.stderr_log):  # the replay from the start rewrites them
                     path.write_bytes(b"")
                 sink = LogSink(run, self.redactor, echo)
                 try:
-                    ContainerExecution.pump(frames, sink)
+                    self._stream_logs(record.container_id, sink)
                 except _LINK_ERRORS:
                     raise ConnectionLostError(
                         f"lost the connection to {record.host}; run {record.run_id} goes on there; "
@@ -306,10 +304,32 @@ class SSHBackend(LocalBackend):
                     ) from None
                 finally:
                     sink.close()
-                self.client.api.wait(record.container_id)
                 streamed = True
             self.sync(run, record)
         return streamed
+
+    def _stream_logs(self, container_id: str | None, sink: LogSink) -> None:
+        """Everything the container has written and will write, until it ends; stdout and
+        stderr each in their own stream so they stay apart."""
+        failures: list[BaseException] = []
+
+        def stream(name: str) -> None:
+            try:
+                chunks = self.client.api.logs(
+                    container_id, stdout=name == STDOUT, stderr=name == STDERR, stream=True, follow=True
+                )
+                for chunk in chunks:
+                    sink.write(name, chunk)
+            except _LINK_ERRORS as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=stream, args=(name,), daemon=True) for name in (STDOUT, STDERR)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
 
     def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
         record = super().cancel(run, record)
