@@ -35,7 +35,8 @@ def main(argv: list[str]) -> int:
     run = RunDir(Path(lines[int(os.environ.get("SLURM_ARRAY_TASK_ID") or 0)]))
     record = load_record(run)
     forwarded, _ = parse_signal((record.slurm or {}).get("signal") or "USR1")
-    signal.signal(forwarded, signal.SIG_IGN)  # until the program runs, a checkpoint signal has no one to reach
+    # Before the program runs there is nothing to checkpoint (Slurm may signal up to 60 s early).
+    signal.signal(forwarded, signal.SIG_IGN)
     if record.final:
         print(f"run {record.run_id} is already {record.status}; nothing to do", file=sys.stderr)
         return 0

@@ -115,9 +115,11 @@ def test_cancel_uses_scancel(slurm_repo, runs_root, docker_client):
 
 
 def test_time_limit_signals_then_records_timeout(slurm_repo, runs_root):
-    repo = slurm_repo(job={"mode": "checkpoint", "seconds": 600}, time="1", signal="USR1@45")
+    # Slurm sends --signal up to 60 s before the time asked for: 30 s before a 2-minute limit
+    # lands 30-90 s in, always after the program has started.
+    repo = slurm_repo(job={"mode": "checkpoint", "seconds": 600}, time="2", signal="USR1@30")
     assert main(["submit", "-C", str(repo.path)]) == 0
-    (record,) = wait_all(runs_root, {"failed", "succeeded", "cancelled", "lost"}, timeout_s=240)
+    (record,) = wait_all(runs_root, {"failed", "succeeded", "cancelled", "lost"}, timeout_s=300)
     assert record["status"] == "failed" and record["reason"] == "timeout"
     checkpoint = runs_root / record["run_id"] / "output" / "checkpoint.txt"
     assert checkpoint.read_text().startswith("SIGUSR1")
