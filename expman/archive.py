@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -20,6 +21,7 @@ from .gitguard import git_environment
 
 CODE_DIR = "code"
 CONFIG_DIR = "expman"
+SHARED_CODE_DIR = ".expman-code"
 
 
 def write_archive(repo: Path, commit: str, dest: Path) -> None:
@@ -42,6 +44,30 @@ def extract_archive(archive: Path, dest: Path) -> None:
         raise UnsafeArchiveError(f"{archive} holds an unsafe member ({exc}); refusing to extract it") from None
     except tarfile.TarError as exc:
         raise UnsafeArchiveError(f"{archive} is not a readable tar archive ({exc})") from None
+
+
+def extract_shared(archive: Path, commit: str, link: Path) -> Path:
+    """Extract ``archive`` once per commit under ``<runs_root>/.expman-code/<commit>`` and point
+    ``link`` (a run's ``code``) at it: the runs of a sweep share one copy of the code.
+
+    The runs_root is ``link``'s grandparent. Extraction goes to a temporary directory that is
+    renamed into place, so a concurrent run never sees a half-extracted tree.
+    """
+    shared = link.parent.parent / SHARED_CODE_DIR / commit
+    if not shared.is_dir():
+        shared.parent.mkdir(exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{commit}.", dir=shared.parent))
+        try:
+            extract_archive(archive, staging)
+            os.rename(staging, shared)
+        except OSError:
+            if not shared.is_dir():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not link.is_symlink():
+        link.symlink_to(Path("..") / SHARED_CODE_DIR / commit)
+    return shared
 
 
 def _strict_data_filter(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, control
+from . import __version__, control, queue_cli
 from .backends import BACKENDS, make_backend
 from .errors import ExpmanError, RunCancelledError, RunFailedError, UsageError
 from .gitguard import find_repository
@@ -98,13 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs_root(p)
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or prefixes (default: every ssh run not synced)")
 
-    p = commands.add_parser("cancel", help="stop runs and record them as cancelled (any backend)")
+    p = commands.add_parser("cancel", help="stop runs and record them as cancelled (any backend, queued too)")
     _add_runs_root(p)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids or unique prefixes")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes")
+    p.add_argument("--sweep", metavar="ID", help="every job of this sweep in the queue")
+    p.add_argument("--queue", metavar="URL", help="the queue of --sweep and of scheduled runs (default: EXPMAN_QUEUE)")
 
     p = commands.add_parser("table", help="aggregate runs into a table (mean ± std over seeds)")
     _add_runs_root(p)
     add_table_arguments(p)
+    queue_cli.add_commands(commands, _add_runs_root)
     return parser
 
 
@@ -356,10 +359,19 @@ def _needs_sync(record: RunRecord) -> bool:
 
 def cmd_cancel(args: argparse.Namespace, argv: list[str], console: Console) -> int:
     root = _runs_root(args)
+    if not args.runs and not args.sweep:
+        raise UsageError("name the runs to cancel, or --sweep ID; 'expman runs' and 'expman status' list them")
+    if args.sweep:
+        queue_cli.cancel_sweep(args, console, root)
     for run in [find_run(root, ref) for ref in args.runs]:
-        before = load_record(run).status
+        before = load_record(run)
+        if before.queue is not None and not before.final:
+            cancelled, asked = queue_cli.cancel_queued_run(run, root, args)
+            state = "cancelled" if cancelled else "asked to stop (its worker stops it)" if asked else before.status
+            console.print(f"{run.run_id} {state}", markup=False)
+            continue
         record = control.cancel(run, os.environ)
-        if before in FINAL_STATUSES:
+        if before.status in FINAL_STATUSES:
             console.print(f"{run.run_id} had already ended: {record.status}", markup=False)
         else:
             console.print(
@@ -372,8 +384,25 @@ def cmd_table(args: argparse.Namespace, argv: list[str], console: Console) -> in
     return run_table(args, console, _runs_root(args))
 
 
+def cmd_worker(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    return queue_cli.cmd_worker(args, argv, console, _runs_root)
+
+
+def cmd_status(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    return queue_cli.cmd_status(args, argv, console, _runs_root)
+
+
+def cmd_retry(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    return queue_cli.cmd_retry(args, argv, console, _runs_root)
+
+
 _COMMANDS = {
     "submit": cmd_submit,
+    "sweep": queue_cli.cmd_sweep,
+    "schedule": queue_cli.cmd_schedule,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "retry": cmd_retry,
     "runs": cmd_runs,
     "show": cmd_show,
     "logs": cmd_logs,

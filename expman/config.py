@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "hosts": {},
     "slurm": {},
     "sweep": {},
+    "queue": {},
 }
 RESOURCE_DEFAULTS: dict[str, Any] = {"gpus": 0, "cpus": None, "memory": None, "timeout": None}
 HOST_DEFAULTS: dict[str, Any] = {
@@ -63,6 +64,8 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "requeue": False,
     "runtime": "docker",
 }
+
+QUEUE_DEFAULTS: dict[str, Any] = {"max_attempts": 3, "backoff": "30s", "lease": "2m", "priority": 0}
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -117,6 +120,16 @@ class SlurmSettings:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """The "queue" section: how scheduled jobs are claimed and retried."""
+
+    max_attempts: int = 3
+    backoff_s: float = 30.0
+    lease_s: float = 120.0
+    priority: int = 0
+
+
+@dataclass(frozen=True)
 class ExpmanSettings:
     """The validated "expman" section, defaults filled in."""
 
@@ -134,7 +147,8 @@ class ExpmanSettings:
     host: str | None = None
     hosts: dict[str, HostSettings] = field(default_factory=dict)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
-    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    sweep: dict[str, Any] = field(default_factory=dict)
+    queue: QueueSettings = field(default_factory=QueueSettings)
 
     def host_settings(self, name: str | None) -> HostSettings:
         """The named host, else "host", else the only one defined."""
@@ -177,13 +191,13 @@ def parse_memory(value: int | str) -> int:
     return int(float(number) * _MEMORY_UNITS[unit])
 
 
-def parse_duration(value: float | str) -> float:
+def parse_duration(value: float | str, where: str = "expman.resources.timeout") -> float:
     """'6h', '1h30m', '90s', '2d', 3600 -> seconds."""
     if isinstance(value, (int, float)):
         return float(value)
     parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)([dhms])", value.replace(" ", ""))
     if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
-        raise ConfigError(f'expman.resources.timeout: {value!r} is not a duration; write e.g. "6h" or "1h30m"')
+        raise ConfigError(f'{where}: {value!r} is not a duration; write e.g. "6h" or "1h30m"')
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
@@ -224,6 +238,7 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
     _check_known_keys(section, DEFAULTS, f"{origin}: {SECTION}")
     _check_known_keys(section.get("resources") or {}, RESOURCE_DEFAULTS, f"{origin}: {SECTION}.resources")
     _check_known_keys(section.get("slurm") or {}, SLURM_DEFAULTS, f"{origin}: {SECTION}.slurm")
+    _check_known_keys(section.get("queue") or {}, QUEUE_DEFAULTS, f"{origin}: {SECTION}.queue")
     hosts = section.get("hosts")
     for name, host in hosts.items() if isinstance(hosts, dict) else ():
         if isinstance(host, dict):
@@ -251,13 +266,20 @@ def _settings_from(section: dict[str, Any]) -> ExpmanSettings:
         timeout_s=parse_duration(res["timeout"]) if "timeout" in res else None,
     )
     hosts = {name: _host_from(name, host, f"{SECTION}.hosts.{name}") for name, host in section.get("hosts", {}).items()}
-    structured = ("command", "resources", "hosts", "slurm")
+    queue = {**QUEUE_DEFAULTS, **section.get("queue", {})}
+    structured = ("command", "resources", "hosts", "slurm", "queue")
     values = {k: section[k] for k in DEFAULTS if k in section and k not in structured}
     return ExpmanSettings(
         command=tuple(section["command"]),
         resources=resources,
         hosts=hosts,
         slurm=SlurmSettings(**section.get("slurm", {})),
+        queue=QueueSettings(
+            max_attempts=queue["max_attempts"],
+            backoff_s=parse_duration(queue["backoff"], "expman.queue.backoff"),
+            lease_s=parse_duration(queue["lease"], "expman.queue.lease"),
+            priority=queue["priority"],
+        ),
         **values,
     )
 

@@ -137,6 +137,18 @@ class SlurmError(ExpmanError):
     exit_code = 27
 
 
+class QueueError(ExpmanError):
+    """The job queue's database is unreachable, refused us, or the queue URL is wrong."""
+
+    exit_code = 28
+
+
+class StaleAttemptError(ExpmanError):
+    """This worker's lease on a job was lost: a newer attempt owns the run now."""
+
+    exit_code = 29
+
+
 # --- looking at runs ----------------------------------------------------------------
 
 

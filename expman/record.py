@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from .errors import RecordError
 from .rundir import RunDir, write_json_atomic
 
@@ -81,6 +83,7 @@ class RunRecord:
     remote: dict[str, Any] | None = None
     slurm: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None
+    queue: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     cancel_requested_at: str | None = None
     started_at: str | None = None
@@ -104,7 +107,11 @@ class RunRecord:
         return self.status in FINAL_STATUSES
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON values; nested records become dicts (values are not copied)."""
+        data = {f.name: getattr(self, f.name) for f in _FIELDS}
+        for name in ("git", "image", "submitter"):
+            data[name] = dict(vars(data[name]))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunRecord:
@@ -114,6 +121,9 @@ class RunRecord:
         values["image"] = ImageInfo(**values.get("image") or {})
         values["submitter"] = Submitter(**values["submitter"])
         return cls(**values)
+
+
+_FIELDS = dataclasses.fields(RunRecord)
 
 
 @contextmanager
@@ -132,12 +142,22 @@ def save_record(run: RunDir, record: RunRecord) -> None:
     """Write run.json atomically; a cancel request written meanwhile by another process is kept."""
     try:
         with record_lock(run):
-            if record.cancel_requested_at is None and run.record.exists():
-                try:
-                    record.cancel_requested_at = json.loads(run.record.read_text()).get("cancel_requested_at")
-                except ValueError:
-                    pass
-            write_json_atomic(run.record, record.to_dict())
+            write_record_locked(run, record)
+    except OSError as exc:
+        raise RecordError(
+            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
+        ) from None
+
+
+def write_record_locked(run: RunDir, record: RunRecord) -> None:
+    """``save_record`` for a caller that holds ``record_lock(run)``."""
+    try:
+        if record.cancel_requested_at is None and run.record.exists():
+            try:
+                record.cancel_requested_at = json.loads(run.record.read_text()).get("cancel_requested_at")
+            except ValueError:
+                pass
+        write_json_atomic(run.record, record.to_dict())
     except OSError as exc:
         raise RecordError(
             f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
@@ -146,6 +166,6 @@ def save_record(run: RunDir, record: RunRecord) -> None:
 
 def load_record(run: RunDir) -> RunRecord:
     try:
-        return RunRecord.from_dict(json.loads(run.record.read_text()))
+        return RunRecord.from_dict(orjson.loads(run.record.read_bytes()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RecordError(f"cannot read {run.record}: {exc}; the file is damaged or from another tool") from None

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from .rundir import Clock, RunDir, create_run_dir, link_or_copy, resolve_runs_ro
 from .sweep import Combination, effective_config, expand_sweep
 
 DETACH_START_TIMEOUT_S = 120.0
+MAX_LISTED_RUNS = 20  # a larger sweep is reported in one line
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def plan_submission(
 ) -> Plan:
     """Run every git and configuration check; refuse (raise) before anything is written."""
     repo = gitguard.find_repository(path)
-    head_config = _config_at(repo, "HEAD")
+    head_config = config_at(repo, "HEAD")
     settings = head_config.settings
     gitguard.ensure_branch(repo, settings.branch, explicit_ref=ref is not None)
     gitguard.ensure_clean_tree(repo, settings.allow_untracked)
@@ -79,7 +80,7 @@ def plan_submission(
     if settings.require_pushed:
         gitguard.ensure_pushed(repo, commit, settings.branch, settings.remote)
     gitguard.ensure_plain_content(repo, commit)
-    config = head_config if ref is None else _config_at(repo, commit)
+    config = head_config if ref is None else config_at(repo, commit)
     config_bytes = gitguard.read_file_at(repo, commit, CONFIG_FILE) or b""
     dockerfile = gitguard.read_file_at(repo, commit, config.settings.dockerfile)
     backend = backend or config.settings.backend
@@ -127,7 +128,7 @@ def submit(
     """
     backend = make_backend(plan.backend, environ)
     backend.check(plan)
-    runs = _create_runs(plan, backend, argv, clock, reporter)
+    runs = create_runs(plan, backend, argv, clock, reporter)
     for index, (run, record) in enumerate(runs):
         try:
             backend.prepare(run, record, reporter)
@@ -151,25 +152,44 @@ def submit(
     return records
 
 
-def _create_runs(
-    plan: Plan, backend: Backend, argv: list[str], clock: Clock, reporter: Reporter
+def create_runs(
+    plan: Plan,
+    backend: Backend,
+    argv: list[str],
+    clock: Clock,
+    reporter: Reporter,
+    combinations: list[Combination] | None = None,
+    annotate: Callable[[Combination, RunRecord], None] | None = None,
 ) -> list[tuple[RunDir, RunRecord]]:
+    """One queued run directory per combination (default: all of the plan's), sharing one
+    archive; what every run records alike is gathered once. ``annotate`` adds to a record
+    before it is first written."""
+    combinations = plan.combinations if combinations is None else combinations
+    swept = len(plan.combinations) > 1
+    template = new_record(plan, RunDir(plan.runs_root / "-"), backend, argv, clock, plan.config.document)
     runs: list[tuple[RunDir, RunRecord]] = []
-    sweep_id = None
-    for combination in plan.combinations:
+    for combination in combinations:
         run = create_run_dir(plan.runs_root, clock)
-        swept = len(plan.combinations) > 1
         document = effective_config(plan.config.document, combination) if swept else plan.config.document
-        record = new_record(plan, run, backend, argv, clock, document)
+        record = dataclasses.replace(
+            template,
+            run_id=run.run_id,
+            config_hash=hash_config(document) if swept else template.config_hash,
+            queued_at=clock().isoformat(),
+            attempts=[],
+            warnings=[],
+        )
         if swept:
-            sweep_id = sweep_id or run.run_id
             record.sweep = {
-                "id": sweep_id,
+                "id": sweep_id(plan),
                 "index": combination.index,
                 "count": len(plan.combinations),
+                "repeat": combination.repeat,
                 "values": combination.values,
                 "label": combination.label,
             }
+        if annotate is not None:
+            annotate(combination, record)
         try:
             if runs:
                 link_or_copy(runs[0][0].code_tar, run.code_tar)
@@ -183,9 +203,17 @@ def _create_runs(
             save_record(run, record)
             raise
         runs.append((run, record))
-        where = f"run {run.run_id} at {run.path}"
-        reporter.info(where if not swept else f"{where} ({combination.label})")
+        if len(combinations) <= MAX_LISTED_RUNS:
+            where = f"run {run.run_id} at {run.path}"
+            reporter.info(where if not swept else f"{where} ({combination.label})")
+    if len(combinations) > MAX_LISTED_RUNS:
+        reporter.info(f"{len(combinations)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
     return runs
+
+
+def sweep_id(plan: Plan) -> str:
+    """The same sweep of the same commit has the same id, however often it is submitted."""
+    return f"{plan.commit[:8]}-{plan.config.config_hash[:8]}"
 
 
 def _end_unstarted(runs: list[tuple[RunDir, RunRecord]], clock: Clock, exc: BaseException) -> None:
@@ -266,7 +294,7 @@ def start_detached(run: RunDir, environ: Mapping[str, str]) -> RunRecord:
     raise LaunchError(f"run {run.run_id} did not start; see {run.logs / 'supervisor.log'}")
 
 
-def _config_at(repo: Path, commit: str) -> ExperimentConfig:
+def config_at(repo: Path, commit: str) -> ExperimentConfig:
     text = gitguard.read_file_at(repo, commit, CONFIG_FILE)
     where = f"{CONFIG_FILE} at {commit if commit == 'HEAD' else commit[:12]}"
     if text is None:

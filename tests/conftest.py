@@ -159,7 +159,7 @@ def docker_client() -> Iterator[Any]:
 
 
 def only_run(root: Path) -> Path:
-    runs = [p for p in root.iterdir() if p.is_dir()]
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -187,6 +187,16 @@ def sshd() -> Iterator[Any]:
     daemon = _start_daemon(start_sshd, "expman-sshd-")
     yield daemon
     daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server on a free 127.0.0.1 port, trusting loopback connections."""
+    from .daemons import start_postgres
+
+    server = _start_daemon(start_postgres, "expman-postgres-")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

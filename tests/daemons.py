@@ -1,4 +1,4 @@
-"""Real sshd and a one-node Slurm cluster on loopback, for the tests and benchmarks.
+"""Real sshd, PostgreSQL and a one-node Slurm cluster on loopback, for the tests and benchmarks.
 
 Each starter returns a handle with what clients need and a ``stop()``; a missing package
 raises ``Missing`` (the fixtures turn that into a failure under CI=true, a skip otherwise).
@@ -43,7 +43,73 @@ def _wait_for(check, what: str, log: Path, timeout_s: float = 30.0) -> None:  # 
 def _need(*programs: str) -> None:
     missing = [p for p in programs if shutil.which(p) is None and not Path(p).exists()]
     if missing:
-        raise Missing(f"missing {', '.join(missing)}; run scripts/setup (installs openssh-server, slurm-wlm, munge)")
+        raise Missing(
+            f"missing {', '.join(missing)}; run scripts/setup (installs openssh-server, postgresql, slurm-wlm, munge)"
+        )
+
+
+# --------------------------------------------------------------------------- postgresql
+
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"))
+PG_USER = "postgres"
+
+
+@dataclass
+class Postgres:
+    port: int
+    datadir: Path
+    proc: subprocess.Popen[bytes]
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        argv = [str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", database]
+        result = subprocess.run([*argv, "-Atc", sql], capture_output=True, text=True, check=True)
+        return result.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_postgres(workdir: Path, durable: bool = False) -> Postgres:
+    """initdb (trust on loopback) and a postgres server as the postgres user, on a free port.
+    Tests run without fsync; ``durable`` keeps the server's defaults (the benchmarks)."""
+    _need(str(PG_BIN / "initdb"), str(PG_BIN / "postgres"))
+    datadir, sockets = workdir / "data", workdir / "sockets"
+    sockets.mkdir(parents=True, exist_ok=True)
+    shutil.chown(workdir, PG_USER, PG_USER)
+    shutil.chown(sockets, PG_USER, PG_USER)
+    as_postgres = ["runuser", "-u", PG_USER, "--"]
+    subprocess.run(
+        [*as_postgres, str(PG_BIN / "initdb"), "-D", str(datadir), "-U", PG_USER, "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    log = workdir / "postgres.log"
+    out = open(log, "ab")
+    options = ["-c", "listen_addresses=127.0.0.1", "-p", str(port), "-k", str(sockets), "-c", "max_connections=200"]
+    options += [] if durable else ["-c", "fsync=off"]
+    proc = subprocess.Popen(
+        [*as_postgres, str(PG_BIN / "postgres"), "-D", str(datadir), *options], stdout=out, stderr=out
+    )
+    server = Postgres(port=port, datadir=datadir, proc=proc)
+
+    def accepting() -> bool:
+        argv = [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)]
+        return subprocess.run(argv, capture_output=True).returncode == 0
+
+    _wait_for(accepting, "postgres", log)
+    return server
 
 
 # --------------------------------------------------------------------------- sshd

@@ -83,7 +83,7 @@ def test_process_runtime_for_clusters_without_docker(slurm_repo, runs_root):
     (record,) = wait_all(runs_root, {"succeeded", "failed", "lost"})
     assert record["status"] == "succeeded" and record["container_id"] is None and record["pid"], record["reason"]
     results = json.loads((runs_root / record["run_id"] / "output" / "results.json").read_text())
-    assert results["cwd"] == str(runs_root / record["run_id"] / "code")
+    assert results["cwd"] == str((runs_root / record["run_id"] / "code").resolve())
 
 
 def test_sweep_of_five_seeds_is_one_job_array(slurm_repo, runs_root):

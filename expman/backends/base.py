@@ -16,7 +16,8 @@ import abc
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,8 @@ STOP_GRACE_S = 10.0
 CANCEL_WAIT_S = 60.0
 # What a SIGTERM/SIGINT means, as (status, reason); a Slurm node tells timeouts and requeues apart.
 Interpretation = Callable[[RunRecord], tuple[str, str]]
+# How a record is written; a queue worker's saver first checks it still holds the job.
+Saver = Callable[[RunDir, RunRecord], None]
 
 
 @dataclass
@@ -171,34 +174,42 @@ def execute(
     forward: Sequence[int] = (),
     interpret: Interpretation | None = None,
     stop_grace_s: float = STOP_GRACE_S,
+    save: Saver = save_record,
 ) -> RunRecord:
     """Start the run, wait for it under its timeout, and record how it ended.
 
     SIGINT (Ctrl-C) and SIGTERM stop the run and record it as cancelled (or as ``interpret``
-    says); signals in ``forward`` are passed on to the program.
+    says); signals in ``forward`` are passed on to the program. If ``save`` raises, the
+    program is stopped and the error passed on.
     """
     sink = LogSink(run, backend.redactor, echo)
-    previous = _install_cancel_handlers()
+    switch = _CancelSwitch()
+    previous: dict[int, Any] = {s: signal.signal(s, switch.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     execution = None
     record.supervisor = {"pid": os.getpid(), "host": hostname()}
     try:
         try:
-            execution = backend.start(run, record, sink)
+            with switch.armed():
+                execution = backend.start(run, record, sink)
         except ExpmanError as exc:
             record.mark_ended(FAILED, clock(), reason=f"start failed: {exc.message}")
-            save_record(run, record)
+            save(run, record)
             raise
         except Cancelled:
             record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
-            save_record(run, record)
+            save(run, record)
             return record
         record.mark_running(clock(), backend.execution_host)
-        save_record(run, record)
+        try:
+            save(run, record)
+        except ExpmanError:
+            execution.kill()  # not ours to run any more (a queue lease was lost)
+            raise
         previous.update(_install_forwarders(forward, execution))
         try:
-            status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"), stop_grace_s)
+            status, reason, exit_code = _wait(execution, record.resources.get("timeout_s"), stop_grace_s, switch)
         except ConnectionLostError:
-            save_record(run, record)  # still running over there; reconnecting tells how it ends
+            save(run, record)  # still running over there; reconnecting tells how it ends
             raise
         if status == CANCELLED and interpret is not None:
             status, reason = interpret(record)
@@ -212,7 +223,7 @@ def execute(
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
         sink.close()  # logs complete before the record says the run ended (logs --follow stops then)
         record.mark_ended(status, clock(), reason=reason)
-        save_record(run, record)
+        save(run, record)
     finally:
         sink.close()
         _restore_handlers(previous)
@@ -221,9 +232,12 @@ def execute(
     return record
 
 
-def _wait(execution: Execution, timeout_s: float | None, stop_grace_s: float) -> tuple[str, str | None, int]:
+def _wait(
+    execution: Execution, timeout_s: float | None, stop_grace_s: float, switch: _CancelSwitch
+) -> tuple[str, str | None, int]:
     try:
-        exit_code = execution.wait(timeout_s)
+        with switch.armed():
+            exit_code = execution.wait(timeout_s)
         if exit_code is None:
             execution.kill()
             return FAILED, "timeout", _wait_uninterrupted(execution)
@@ -240,12 +254,30 @@ def _wait_uninterrupted(execution: Execution) -> int:
     return exit_code
 
 
-def _raise_cancelled(signum: int, frame: FrameType | None) -> None:
-    raise Cancelled(signal.Signals(signum).name)
+class _CancelSwitch:
+    """SIGINT/SIGTERM raise ``Cancelled`` only while the run starts or is waited on; one that
+    arrives while the record is written is kept and acted on at the next wait, so a record
+    write is never cut in half."""
 
+    def __init__(self) -> None:
+        self._armed = False
+        self._requested: str | None = None
 
-def _install_cancel_handlers() -> dict[int, Any]:
-    return {s: signal.signal(s, _raise_cancelled) for s in (signal.SIGINT, signal.SIGTERM)}
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self._requested = signal.Signals(signum).name
+        if self._armed:
+            self._armed = False
+            raise Cancelled(self._requested)
+
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        if self._requested:
+            raise Cancelled(self._requested)
+        self._armed = True
+        try:
+            yield
+        finally:
+            self._armed = False
 
 
 def _install_forwarders(signums: Sequence[int], execution: Execution) -> dict[int, Any]:

@@ -1,5 +1,9 @@
 """Runs as a plain subprocess in the extracted archive, for machines without Docker.
 
+The archive is extracted once per commit under <runs_root>/.expman-code/<commit>; each
+run's ``code`` is a symlink to it, so a sweep of thousands of runs holds one copy. Programs
+write to $EXPMAN_OUTPUT_DIR, never into their working directory, which other runs share.
+
 Same run directory and record; ``container_id`` stays empty. The program gets this
 environment minus anything secret-named, plus the EXPMAN_* variables pointing into the
 run directory. Memory and GPU limits are not enforced here (recorded as a warning).
@@ -8,14 +12,16 @@ run directory. Memory and GPU limits are not enforced here (recorded as a warnin
 from __future__ import annotations
 
 import os
+import select
+import selectors
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
-from ..archive import extract_archive
+from ..archive import CODE_DIR, extract_shared
 from ..errors import LaunchError
 from ..gitguard import git_environment
 from ..logsink import STDERR, STDOUT, LogSink
@@ -47,10 +53,11 @@ class ProcessBackend(Backend):
     name = "process"
 
     def describe(self, plan: Plan) -> dict[str, Any]:
-        return {**super().describe(plan), "working_directory": "<run>/code (extracted archive)"}
+        where = "<run>/code -> <runs_root>/.expman-code/<commit> (the archive, extracted once per commit)"
+        return {**super().describe(plan), "working_directory": where}
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
-        extract_archive(run.code_tar, run.path / "code")
+        extract_shared(run.code_tar, record.git.commit, run.path / CODE_DIR)
         unenforced = [k for k in ("memory_bytes", "cpus", "gpus") if record.resources.get(k)]
         if unenforced:
             record.warnings.append(f"the process backend does not enforce {', '.join(unenforced)}")
@@ -59,7 +66,7 @@ class ProcessBackend(Backend):
         try:
             proc = subprocess.Popen(
                 list(record.command),
-                cwd=run.path / "code",
+                cwd=run.path / CODE_DIR,
                 env=process_environment(self.environ, record, run),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -84,13 +91,15 @@ class ProcessBackend(Backend):
 class ProcessExecution(Execution):
     def __init__(self, proc: subprocess.Popen[bytes], sink: LogSink) -> None:
         self._proc = proc
-        self._pumps = [
-            threading.Thread(target=_pump, args=(stream, name, sink), daemon=True)
-            for stream, name in ((proc.stdout, STDOUT), (proc.stderr, STDERR))
-        ]
+        streams = {proc.stdout: STDOUT, proc.stderr: STDERR}
+        self._pumps = [threading.Thread(target=_pump, args=(streams, sink), daemon=True)]
         for pump in self._pumps:
             pump.start()
         self._status: tuple[int, Any] | None = None
+        try:  # readable once the process ends: waiting costs nothing and ends at once
+            self._pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
 
     def wait(self, timeout_s: float | None) -> int | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -99,10 +108,15 @@ class ProcessExecution(Execution):
             if pid:
                 self._status = (status, rusage)
                 self._proc.returncode = os.waitstatus_to_exitcode(status)
+                self._close_pidfd()
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
                 return None
-            time.sleep(_POLL_S)
+            if self._pidfd is not None:
+                select.select([self._pidfd], [], [], remaining)
+            else:
+                time.sleep(_POLL_S if remaining is None else min(_POLL_S, remaining))
         for pump in self._pumps:
             pump.join()
         return _shell_exit_code(self._status[0])
@@ -123,6 +137,12 @@ class ProcessExecution(Execution):
     def cleanup(self) -> None:
         if self._status is None:
             self.kill()
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def signal(self, signum: int) -> None:
         try:
@@ -131,10 +151,19 @@ class ProcessExecution(Execution):
             pass
 
 
-def _pump(stream: BinaryIO, name: str, sink: LogSink) -> None:
-    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
-        sink.write(name, chunk)
-    stream.close()
+def _pump(streams: dict[Any, str], sink: LogSink) -> None:
+    """Both pipes into the sink, from one thread, until both are closed."""
+    with selectors.DefaultSelector() as selector:
+        for stream, name in streams.items():
+            selector.register(stream, selectors.EVENT_READ, name)
+        while selector.get_map():
+            for key, _ in selector.select():
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    sink.write(key.data, chunk)
+                else:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
 
 
 def _shell_exit_code(status: int) -> int:

@@ -12,7 +12,6 @@ final and synced.
 from __future__ import annotations
 
 import dataclasses
-import json
 import posixpath
 import re
 import threading
@@ -30,7 +29,7 @@ from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
 from ..logsink import STDERR, STDOUT, LogSink
 from ..record import FAILED, LOST, QUEUED, SUCCEEDED, RunRecord, save_record
 from ..remote import RemoteHost, connect
-from ..rundir import RunDir, write_bytes_atomic
+from ..rundir import RunDir, json_bytes, write_bytes_atomic
 from .base import Execution
 from .local import ContainerExecution, LocalBackend, container_spec, stop_container
 
@@ -168,7 +167,7 @@ class SSHBackend(LocalBackend):
     def push_record(self, run: RunDir, record: RunRecord) -> None:
         """Mirror run.json into the remote run directory."""
         assert self._remote is not None and record.remote is not None
-        data = (json.dumps(record.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+        data = json_bytes(record.to_dict())
         self._remote.put_bytes(data, posixpath.join(record.remote["path"], "run.json"))
 
     # --- looking at and controlling runs ------------------------------------------

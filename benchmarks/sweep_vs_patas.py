@@ -1,0 +1,182 @@
+"""The patas README grid, end to end: expman against patas and against a plain process pool.
+
+The grid: neurons 1..51 step 2 x 3 preprocessing x 4 activations x repeat 10 = 3,000 tasks
+of a trivial program that prints its metrics (as patas' examples/basic_usage/main.py does).
+Three ways to run it with 2 workers and get a table of the metrics, alternating in one run:
+
+- floor:  a 2-process pool that only runs the program and saves its stdout;
+- patas:  ``patas explore`` + ``patas parse`` (pip install 'expman[bench]');
+- expman: ``expman schedule`` (every task a run directory with its full record, sharing one
+          extracted archive), ``expman worker -j 2`` (process backend, SQLite queue), and
+          ``expman table`` parsing the metrics from stdout into a CSV pivot.
+
+Target: expman <= 1.25x the floor.
+
+    python benchmarks/sweep_vs_patas.py [--rounds 1] [--repeat 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# benchmarks/queue.py would shadow the standard library's queue module: the repository goes first instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tests.conftest import Repo  # noqa: E402
+
+PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+PROGRAM = f"""#!{PYTHON}
+import json, os, random, sys
+if len(sys.argv) > 1:
+    neurons, activation, preprocessing = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+else:
+    model = json.load(open(os.environ["EXPMAN_CONFIG"]))["model"]
+    neurons, activation, preprocessing = model["neurons"], model["activation"], model["preprocessing"]
+rng = random.Random()
+acc = min(0.99, 0.2 + neurons / 100 + rng.random() / 10)
+print(f"Time to train (ms): {{rng.uniform(100, 200):.3f}}")
+print(f"Time to test (ms):  {{rng.uniform(1, 9):.3f}}")
+print(f"Train accuracy:     {{acc:.3f}}")
+print(f"Test accuracy:      {{acc - 0.01:.3f}}")
+print(f"Final Loss:         {{1 - acc:.3f}}")
+"""
+NEURONS = (1, 51, 2)
+PREPROCESSING = ["fast", "medium", "intense"]
+ACTIVATIONS = ["relu", "leaky_relu", "sigmoid", "tanh"]
+PATTERNS = {
+    "train_time": r"Time to train \(ms\): (@float@)",
+    "test_time": r"Time to test \(ms\):  (@float@)",
+    "train_acc": r"Train accuracy:     (@float@)",
+    "test_acc": r"Test accuracy:      (@float@)",
+    "loss": r"Final Loss:         (@float@)",
+}
+WORKERS = 2
+
+
+def tasks(repeat: int) -> list[tuple[str, str, str]]:
+    return [(str(n), a, p) for _ in range(repeat) for n in range(*NEURONS) for p in PREPROCESSING for a in ACTIVATIONS]
+
+
+def _run_one(job: tuple[Path, int, tuple[str, str, str]]) -> None:
+    code, index, args = job
+    with open(code.parent / "floor-out" / f"{index}.stdout", "wb") as out:
+        subprocess.run(["./main.py", *args], cwd=code, stdout=out, check=True)
+
+
+def floor(work: Path, repeat: int) -> float:
+    out = work / "floor-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    start = time.perf_counter()
+    with multiprocessing.Pool(WORKERS) as pool:
+        pool.map(_run_one, [(work / "code", i, t) for i, t in enumerate(tasks(repeat))], chunksize=1)
+    elapsed = time.perf_counter() - start
+    assert len(list(out.iterdir())) == len(tasks(repeat))
+    return elapsed
+
+
+def patas(work: Path, repeat: int) -> float:
+    lab = work / "pataslab"
+    shutil.rmtree(lab, ignore_errors=True)
+    start = time.perf_counter()
+    explore = ["patas", "explore", "--type", "grid", "--cmd", "./main.py {neurons} {activation} {preprocessing}"]
+    explore += ["--va", "neurons", *map(str, NEURONS), "--vl", "preprocessing", *PREPROCESSING]
+    explore += ["--vl", "activation", *ACTIVATIONS, "--node", "localhost", str(WORKERS)]
+    explore += ["--repeat", str(repeat), "--workdir", str(work / "code"), "-o", str(lab), "-y", "-q"]
+    subprocess.run(explore, cwd=work / "code", check=True, stdout=subprocess.DEVNULL)
+    parse = ["patas", "parse", "-e", str(lab / "grid")]
+    for name, pattern in PATTERNS.items():
+        parse += ["-p", name, pattern]
+    subprocess.run(parse, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    assert len((lab / "grid" / "grid.csv").read_text().splitlines()) == len(tasks(repeat)) + 1
+    return elapsed
+
+
+def expman(work: Path, repo: Repo, repeat: int) -> float:
+    runs = work / "expman-runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs)}
+    cli = [sys.executable, "-m", "expman"]
+    start = time.perf_counter()
+    subprocess.run([*cli, "schedule", "-C", str(repo.path)], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([*cli, "worker", "-j", str(WORKERS)], env=env, check=True, stdout=subprocess.DEVNULL)
+    table = [*cli, "table", "--rows", "model.neurons,model.preprocessing", "--cols", "model.activation"]
+    table += ["--value", "test_acc", "--format", "csv", "-o", str(work / "expman-table.csv")]
+    subprocess.run(table, env=env, check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    assert len(list(runs.glob("*/run.json"))) == len(tasks(repeat))
+    assert len((work / "expman-table.csv").read_text().splitlines()) == 1 + 25 * 3 * 4  # one line per cell
+    return elapsed
+
+
+def make_repo(work: Path, repeat: int) -> Repo:
+    path = work / "experiment"
+    path.mkdir()
+    repo = Repo(path)
+    repo.git("init", "-q", "-b", "experiments")
+    repo.git("config", "user.name", "Bench")
+    repo.git("config", "user.email", "bench@example.org")
+    sweep = {
+        "model.neurons": dict(zip(("start", "stop", "step"), NEURONS, strict=True)),
+        "model.preprocessing": PREPROCESSING,
+        "model.activation": ACTIVATIONS,
+        "repeat": repeat,
+    }
+    config = {
+        "expman": {"command": ["./main.py"], "backend": "process", "parse": PATTERNS, "sweep": sweep},
+        "model": {"neurons": 1, "preprocessing": "fast", "activation": "relu"},
+    }
+    repo.commit({"config.json": json.dumps(config, indent=2), "main.py": PROGRAM}, "the grid")
+    (path / "main.py").chmod(0o755)
+    repo.commit(message="executable")
+    code = work / "code"
+    code.mkdir()
+    (code / "main.py").write_text(PROGRAM)
+    (code / "main.py").chmod(0o755)
+    return repo
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=10, help="runs of each combination (10: 3,000 tasks)")
+    args = parser.parse_args()
+    if shutil.which("patas") is None:
+        print("patas is missing: pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="expman-bench-patas-"))
+    repo = make_repo(work, args.repeat)
+    n = len(tasks(args.repeat))
+    times: dict[str, list[float]] = {"floor": [], "patas": [], "expman": []}
+    for round_ in range(args.rounds):
+        for name in ("floor", "patas", "expman") if round_ % 2 == 0 else ("expman", "patas", "floor"):
+            elapsed = {"floor": lambda: floor(work, args.repeat), "patas": lambda: patas(work, args.repeat)}.get(
+                name, lambda: expman(work, repo, args.repeat)
+            )()
+            times[name].append(elapsed)
+            print(f"round {round_ + 1} {name:6}: {elapsed:6.2f}s ({elapsed / n * 1000:.2f} ms per task)", flush=True)
+    base = statistics.median(times["floor"])
+    print(f"\n{n} tasks, {WORKERS} workers, median of {args.rounds} round(s)\n")
+    print("| way | seconds | ms per task | vs floor |\n|---|---|---|---|")
+    for name, values in times.items():
+        t = statistics.median(values)
+        print(f"| {name} | {t:.2f} | {t / n * 1000:.2f} | {t / base:.2f}x |")
+    ratio = statistics.median(times["expman"]) / base
+    print(f"\nexpman end to end: {ratio:.2f}x the floor (target <= 1.25x)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if ratio <= 1.25 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The two databases a queue lives in: a SQLite file (one machine, the default) and
+PostgreSQL (many machines). A dialect connects, names the SQL that differs, and tells
+which errors mean "try again" (a lock held too long, a dropped connection).
+
+Queue URLs:
+
+    sqlite:///abs/path/queue.sqlite          (or a plain path)
+    postgresql://user@host:5432/dbname       (password from PGPASSWORD or ~/.pgpass)
+
+``?table=NAME`` picks the tables' name prefix (default ``expman``); it is validated, as
+it is the only name that reaches SQL text. Every value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import QueueError
+
+DEFAULT_PREFIX = "expman"
+_PREFIX = re.compile(r"[a-z][a-z0-9_]{0,39}")
+SQLITE_BUSY_TIMEOUT_S = 30.0
+PG_CONNECT_TIMEOUT_S = 10
+
+
+class Dialect:
+    name = ""
+    id_column = ""
+    lock_rows = ""  # appended to the claim's SELECT
+    begin_write = "BEGIN"
+    now = ""  # SQL: seconds since the epoch, from the database's clock
+
+    def __init__(self, shown: str, prefix: str) -> None:
+        self.shown = shown  # the URL without any password, for messages and records
+        self.prefix = prefix
+
+    def connect(self, application_name: str) -> Any:
+        raise NotImplementedError
+
+    def sql(self, text: str) -> str:
+        """``?`` placeholders and the NOW token in this dialect."""
+        return text.replace("NOW", self.now)
+
+    def disconnected(self, exc: BaseException) -> bool:
+        """The connection is gone: reconnect and try again."""
+        return False
+
+    def busy(self, exc: BaseException) -> bool:
+        """Someone else holds the lock longer than we wait: try again later."""
+        return False
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    id_column = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    begin_write = "BEGIN IMMEDIATE"  # take the write lock before reading: claims never race
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def __init__(self, path: Path, prefix: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> None:
+        super().__init__(f"sqlite://{path}", prefix)
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+
+    def connect(self, application_name: str) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise QueueError(f"cannot open the queue {self.shown}: {exc}; check the path and its permissions") from None
+        return conn
+
+    def busy(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    id_column = "BIGSERIAL PRIMARY KEY"
+    lock_rows = " FOR UPDATE SKIP LOCKED"  # rows another claim holds are passed over, not waited for
+    now = "(extract(epoch from clock_timestamp())::double precision)"
+
+    def __init__(self, conninfo: str, shown: str, prefix: str) -> None:
+        super().__init__(shown, prefix)
+        self.conninfo = conninfo
+
+    def sql(self, text: str) -> str:
+        return super().sql(text).replace("?", "%s")
+
+    def connect(self, application_name: str) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise QueueError("a PostgreSQL queue needs psycopg; pip install 'psycopg[binary]'") from None
+        try:
+            return psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                application_name=application_name[:63],
+                connect_timeout=PG_CONNECT_TIMEOUT_S,
+            )
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise QueueError(
+                f"cannot connect to the queue {self.shown}: {first}; check the server, the user and "
+                "PGPASSWORD or ~/.pgpass"
+            ) from None
+
+    def disconnected(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.OperationalError)
+
+
+def dialect_for(url: str) -> Dialect:
+    """The dialect of a queue URL; a bad URL or table name is refused here."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = query.pop("table", DEFAULT_PREFIX)
+    if not _PREFIX.fullmatch(prefix):
+        raise QueueError(
+            f"queue table name {prefix!r} is not allowed; use 1-40 lowercase letters, digits and _, starting "
+            "with a letter"
+        )
+    if parts.scheme in ("postgresql", "postgres"):
+        if "password" in query or parts.password:
+            raise QueueError(
+                "the queue URL holds a password; remove it and set PGPASSWORD or use ~/.pgpass, so it is never "
+                "printed or recorded"
+            )
+        conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        shown = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        return PostgresDialect(conninfo, shown, prefix)
+    if parts.scheme == "sqlite":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise QueueError(f"queue URL {url!r}: write sqlite:///absolute/path/queue.sqlite")
+        return SQLiteDialect(Path(parts.path), prefix)
+    if parts.scheme == "" and url:
+        return SQLiteDialect(Path(url).expanduser().absolute(), prefix)
+    raise QueueError(f"queue URL {url!r}: use sqlite:///path/queue.sqlite or postgresql://user@host/dbname")

@@ -1,0 +1,463 @@
+"""The job queue: one row per scheduled run, claimed atomically by workers.
+
+States: pending -> running -> succeeded | failed | cancelled; a failed attempt that may be
+tried again goes back to pending with a backoff. ``attempt`` counts claims and is the
+fencing token: a worker holds a job only while the row still shows its attempt, so a
+worker that lost its lease (stopped, partitioned) can neither extend it nor record a result.
+
+A claim takes the write lock first (SQLite BEGIN IMMEDIATE; PostgreSQL SELECT ... FOR
+UPDATE SKIP LOCKED), so two workers never claim one job. Order: jobs whose worker went
+silent (lease expired) first, then pending jobs by priority (higher first), then age.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import QueueError
+from .dialects import Dialect
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
+JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+LIVE_STATES = (PENDING, RUNNING, SUCCEEDED)  # a key in one of these is not scheduled again
+RECONNECT_FOR_S = 120.0
+WORKER_TTL_S = 30.0
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = (
+    "id, key, sweep_id, run_id, run_dir, label, priority, state, attempt, max_attempts, lease_s, backoff_s, "
+    "not_before, created_at, claimed_at, ended_at, lease_until, worker, cancel_requested, error"
+)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    key: str
+    run_id: str
+    run_dir: str
+    label: str
+    sweep_id: str | None
+    priority: int
+    max_attempts: int
+    lease_s: float
+    backoff_s: float
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    key: str
+    sweep_id: str | None
+    run_id: str
+    run_dir: str
+    label: str
+    priority: int
+    state: str
+    attempt: int
+    max_attempts: int
+    lease_s: float
+    backoff_s: float
+    not_before: float | None
+    created_at: float
+    claimed_at: float | None
+    ended_at: float | None
+    lease_until: float | None
+    worker: str | None
+    cancel_requested: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    job_id: int | None
+    jobs_done: int
+
+
+class Queue:
+    """One connection to one queue. Not shared between threads: open one per thread."""
+
+    def __init__(self, dialect: Dialect, application_name: str = "expman") -> None:
+        self.dialect = dialect
+        self.application_name = application_name
+        self.jobs = f"{dialect.prefix}_jobs"
+        self.workers = f"{dialect.prefix}_workers"
+        # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
+        self.claim_pause: Callable[[], None] | None = None
+        self._conn: Any = None
+        self._run(self._create_tables)
+
+    @property
+    def shown(self) -> str:
+        return self.dialect.shown
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    # --- plumbing ------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.dialect.connect(self.application_name)
+        return self._conn
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._connection().execute(self.dialect.sql(sql), tuple(params))
+
+    @contextmanager
+    def _transaction(self, write: bool = True) -> Iterator[None]:
+        self._execute(self.dialect.begin_write if write else "BEGIN")
+        try:
+            yield
+        except BaseException:
+            try:
+                self._execute("ROLLBACK")
+            except Exception:  # the connection is gone: the server rolled back for us
+                self.close()
+            raise
+        self._execute("COMMIT")
+
+    def _run(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``; a dropped connection is reopened and the operation run again
+        (each operation is one transaction, so a retry never applies half of one)."""
+        deadline = time.monotonic() + RECONNECT_FOR_S
+        delay = 0.1
+        while True:
+            try:
+                return operation()
+            except QueueError:
+                raise
+            except Exception as exc:
+                if not self.dialect.disconnected(exc):
+                    raise
+                self.close()
+                if time.monotonic() > deadline:
+                    raise QueueError(
+                        f"lost the connection to the queue {self.shown} and could not reconnect for "
+                        f"{RECONNECT_FOR_S:.0f}s; check the database server"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _create_tables(self) -> None:
+        d = self.dialect
+        exists = self._execute(f"SELECT 1 FROM {self.jobs} LIMIT 0") if self._table_exists() else None
+        if exists is not None:
+            return
+        with self._transaction():
+            if d.name == "postgresql":  # concurrent CREATE IF NOT EXISTS can collide in the catalog
+                self._execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.jobs,))
+            self._execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.jobs} (
+                    id {d.id_column},
+                    key TEXT NOT NULL,
+                    sweep_id TEXT,
+                    run_id TEXT NOT NULL,
+                    run_dir TEXT NOT NULL,
+                    label TEXT NOT NULL,
+                    priority INTEGER NOT NULL,
+                    state TEXT NOT NULL,
+                    attempt INTEGER NOT NULL DEFAULT 0,
+                    max_attempts INTEGER NOT NULL,
+                    lease_s DOUBLE PRECISION NOT NULL,
+                    backoff_s DOUBLE PRECISION NOT NULL,
+                    not_before DOUBLE PRECISION,
+                    created_at DOUBLE PRECISION NOT NULL,
+                    claimed_at DOUBLE PRECISION,
+                    ended_at DOUBLE PRECISION,
+                    lease_until DOUBLE PRECISION,
+                    worker TEXT,
+                    cancel_requested INTEGER NOT NULL DEFAULT 0,
+                    error TEXT)"""
+            )
+            live = ", ".join(f"'{s}'" for s in LIVE_STATES)
+            self._execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.jobs}_live_key ON {self.jobs} (key) WHERE state IN ({live})"
+            )
+            self._execute(f"CREATE INDEX IF NOT EXISTS {self.jobs}_claim ON {self.jobs} (state, priority DESC, id)")
+            self._execute(f"CREATE INDEX IF NOT EXISTS {self.jobs}_sweep ON {self.jobs} (sweep_id)")
+            self._execute(
+                f"""CREATE TABLE IF NOT EXISTS {self.workers} (
+                    id TEXT PRIMARY KEY,
+                    host TEXT NOT NULL,
+                    pid INTEGER NOT NULL,
+                    started_at DOUBLE PRECISION NOT NULL,
+                    heartbeat_at DOUBLE PRECISION NOT NULL,
+                    alive_until DOUBLE PRECISION NOT NULL,
+                    job_id BIGINT,
+                    jobs_done INTEGER NOT NULL DEFAULT 0)"""
+            )
+
+    def _table_exists(self) -> bool:
+        if self.dialect.name == "sqlite":
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+            return self._execute(sql, (self.workers,)).fetchone() is not None
+        return self._execute("SELECT to_regclass(?)", (self.workers,)).fetchone()[0] is not None
+
+    # --- scheduling ----------------------------------------------------------------
+
+    def live_keys(self, keys: Sequence[str]) -> set[str]:
+        """The keys among ``keys`` that are pending, running or succeeded."""
+
+        def query() -> set[str]:
+            found: set[str] = set()
+            states = ", ".join("?" for _ in LIVE_STATES)
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                rows = self._execute(
+                    f"SELECT key FROM {self.jobs} WHERE key IN ({marks}) AND state IN ({states})",
+                    [*chunk, *LIVE_STATES],
+                ).fetchall()
+                found.update(row[0] for row in rows)
+            return found
+
+        return self._run(query)
+
+    def add(self, jobs: Sequence[NewJob]) -> set[str]:
+        """Insert ``jobs`` in one transaction; a key already live is skipped. Returns the
+        keys inserted."""
+
+        def insert() -> set[str]:
+            added = set()
+            with self._transaction():
+                for job in jobs:
+                    row = self._execute(
+                        f"""INSERT INTO {self.jobs} (key, sweep_id, run_id, run_dir, label, priority, state,
+                            max_attempts, lease_s, backoff_s, not_before, created_at)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NOW, NOW)
+                            ON CONFLICT DO NOTHING RETURNING key""",
+                        (
+                            job.key,
+                            job.sweep_id,
+                            job.run_id,
+                            job.run_dir,
+                            job.label,
+                            job.priority,
+                            PENDING,
+                            job.max_attempts,
+                            job.lease_s,
+                            job.backoff_s,
+                        ),
+                    ).fetchone()
+                    if row is not None:
+                        added.add(row[0])
+            return added
+
+        return self._run(insert)
+
+    # --- claiming ------------------------------------------------------------------
+
+    def claim(self, worker: str) -> Job | None:
+        """The next job, now running as this worker's attempt; None when no job can be
+        claimed right now (none waiting, or all of them held by other claims)."""
+
+        def attempt() -> Job | None:
+            with self._transaction():
+                row = (
+                    self._execute(
+                        f"""SELECT id FROM {self.jobs} WHERE state = ? AND lease_until < NOW
+                        ORDER BY priority DESC, id LIMIT 1{self.dialect.lock_rows}""",
+                        (RUNNING,),
+                    ).fetchone()
+                    or self._execute(
+                        f"""SELECT id FROM {self.jobs} WHERE state = ? AND not_before <= NOW
+                        ORDER BY priority DESC, id LIMIT 1{self.dialect.lock_rows}""",
+                        (PENDING,),
+                    ).fetchone()
+                )
+                if self.claim_pause is not None:
+                    self.claim_pause()
+                if row is None:
+                    return None
+                claimed = self._execute(
+                    f"""UPDATE {self.jobs} SET state = ?, attempt = attempt + 1, worker = ?, claimed_at = NOW,
+                        ended_at = NULL, lease_until = NOW + lease_s WHERE id = ? RETURNING {_JOB_COLUMNS}""",
+                    (RUNNING, worker, row[0]),
+                ).fetchone()
+            return Job(*claimed)
+
+        try:
+            return self._run(attempt)
+        except Exception as exc:
+            if self.dialect.busy(exc):
+                return None
+            raise
+
+    def waiting(self) -> bool:
+        """Whether any job may still become claimable: pending (maybe in backoff or held by
+        another claim), or running under a worker that could go silent."""
+
+        def query() -> bool:
+            row = self._execute(
+                f"SELECT 1 FROM {self.jobs} WHERE state IN (?, ?) LIMIT 1", (PENDING, RUNNING)
+            ).fetchone()
+            return row is not None
+
+        return self._run(query)
+
+    def heartbeat(self, job: Job) -> str:
+        """Extend the lease of this worker's attempt. Returns "ok", "cancel" (``expman cancel``
+        asked to stop it) or "lost" (a newer attempt owns the job, or it ended)."""
+
+        def beat() -> str:
+            row = self._execute(
+                f"""UPDATE {self.jobs} SET lease_until = NOW + lease_s
+                    WHERE id = ? AND attempt = ? AND state = ? RETURNING cancel_requested""",
+                (job.id, job.attempt, RUNNING),
+            ).fetchone()
+            if row is None:
+                return "lost"
+            return "cancel" if row[0] else "ok"
+
+        return self._run(beat)
+
+    def finish(
+        self, job: Job, state: str, error: str | None = None, retry_in_s: float = 0.0, extra_tries: int = 0
+    ) -> bool:
+        """Record how this attempt ended; False (nothing written) if the attempt no longer
+        holds the job. ``state`` pending puts the job back, claimable after ``retry_in_s``."""
+
+        def update() -> bool:
+            row = self._execute(
+                f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
+                    not_before = NOW + ?, max_attempts = max_attempts + ?
+                    WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
+                (state, error, retry_in_s, extra_tries, job.id, job.attempt, RUNNING),
+            ).fetchone()
+            return row is not None
+
+        return self._run(update)
+
+    # --- workers -------------------------------------------------------------------
+
+    def register_worker(self, worker: str, host: str, pid: int) -> None:
+        self._run(
+            lambda: self._execute(
+                f"""INSERT INTO {self.workers} (id, host, pid, started_at, heartbeat_at, alive_until)
+                    VALUES (?, ?, ?, NOW, NOW, NOW + ?)""",
+                (worker, host, pid, WORKER_TTL_S),
+            )
+        )
+
+    def worker_beat(self, worker: str, job_id: int | None, jobs_done: int) -> None:
+        self._run(
+            lambda: self._execute(
+                f"""UPDATE {self.workers} SET heartbeat_at = NOW, alive_until = NOW + ?, job_id = ?,
+                    jobs_done = ? WHERE id = ?""",
+                (WORKER_TTL_S, job_id, jobs_done, worker),
+            )
+        )
+
+    def unregister_worker(self, worker: str) -> None:
+        self._run(lambda: self._execute(f"DELETE FROM {self.workers} WHERE id = ?", (worker,)))
+
+    def live_workers(self) -> list[WorkerInfo]:
+        def query() -> list[WorkerInfo]:
+            rows = self._execute(
+                f"""SELECT id, host, pid, started_at, heartbeat_at, job_id, jobs_done FROM {self.workers}
+                    WHERE alive_until > NOW ORDER BY started_at, id"""
+            ).fetchall()
+            return [WorkerInfo(*row) for row in rows]
+
+        return self._run(query)
+
+    # --- looking and steering ------------------------------------------------------
+
+    def counts(self, sweep_id: str | None = None) -> dict[str, int]:
+        where, params = self._sweep_filter(sweep_id)
+        rows = self._run(
+            lambda: self._execute(f"SELECT state, COUNT(*) FROM {self.jobs}{where} GROUP BY state", params).fetchall()
+        )
+        return {state: count for state, count in rows}
+
+    def recent_durations(self, limit: int = 50, sweep_id: str | None = None) -> list[float]:
+        """Seconds from claim to end of the latest finished attempts that succeeded."""
+        where, params = self._sweep_filter(sweep_id, f"state = '{SUCCEEDED}'")
+        rows = self._run(
+            lambda: self._execute(
+                f"SELECT ended_at - claimed_at FROM {self.jobs}{where} ORDER BY ended_at DESC LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+        )
+        return [row[0] for row in rows if row[0] is not None]
+
+    def jobs_of(self, sweep_id: str | None = None, states: Sequence[str] = JOB_STATES) -> list[Job]:
+        marks = ", ".join("?" for _ in states)
+        where, params = self._sweep_filter(sweep_id, f"state IN ({marks})")
+        rows = self._run(
+            lambda: self._execute(
+                f"SELECT {_JOB_COLUMNS} FROM {self.jobs}{where} ORDER BY id", [*states, *params]
+            ).fetchall()
+        )
+        return [Job(*row) for row in rows]
+
+    def sweeps(self) -> list[str]:
+        rows = self._run(
+            lambda: self._execute(
+                f"SELECT sweep_id FROM {self.jobs} WHERE sweep_id IS NOT NULL GROUP BY sweep_id ORDER BY MIN(id)"
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    def cancel(self, sweep_id: str | None = None, run_id: str | None = None) -> tuple[list[Job], list[Job]]:
+        """Pending jobs (of a sweep, or one run's) become cancelled; running ones are asked to
+        stop (their worker sees it at its next heartbeat). Returns (cancelled, asked)."""
+        where, params = self._sweep_filter(sweep_id, "state = ?", run_id)
+
+        def update() -> tuple[list[Job], list[Job]]:
+            with self._transaction():
+                cancelled = self._execute(
+                    f"UPDATE {self.jobs} SET state = ?, ended_at = NOW, error = ?{where} RETURNING {_JOB_COLUMNS}",
+                    [CANCELLED, "cancelled by user", PENDING, *params],
+                ).fetchall()
+                asked = self._execute(
+                    f"UPDATE {self.jobs} SET cancel_requested = 1{where} RETURNING {_JOB_COLUMNS}",
+                    [RUNNING, *params],
+                ).fetchall()
+            return [Job(*r) for r in cancelled], [Job(*r) for r in asked]
+
+        return self._run(update)
+
+    def retry_failed(self, sweep_id: str | None, tries: int) -> list[Job]:
+        """Failed jobs go back to pending with ``tries`` more attempts, unless the same key
+        was scheduled again meanwhile."""
+        where, params = self._sweep_filter(sweep_id, "state = ?")
+        live = ", ".join("?" for _ in LIVE_STATES)
+
+        def update() -> list[Job]:
+            rows = self._execute(
+                f"""UPDATE {self.jobs} SET state = ?, not_before = NOW, ended_at = NULL, error = NULL,
+                    max_attempts = attempt + ?{where}
+                    AND NOT EXISTS (SELECT 1 FROM {self.jobs} other WHERE other.key = {self.jobs}.key
+                                    AND other.state IN ({live}))
+                    RETURNING {_JOB_COLUMNS}""",
+                [PENDING, tries, FAILED, *params, *LIVE_STATES],
+            ).fetchall()
+            return [Job(*r) for r in rows]
+
+        return self._run(update)
+
+    def _sweep_filter(
+        self, sweep_id: str | None, condition: str | None = None, run_id: str | None = None
+    ) -> tuple[str, list[Any]]:
+        conditions = [condition] if condition else []
+        params: list[Any] = []
+        for column, value in (("sweep_id", sweep_id), ("run_id", run_id)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        return (" WHERE " + " AND ".join(conditions) if conditions else ""), params

@@ -1,0 +1,266 @@
+"""Commands of sweeps and the job queue: sweep --show, schedule, worker, status, retry, and
+cancel --sweep. Argument parsing and output only; the work is in sweep, scheduling,
+worker and queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from .backends import BACKENDS
+from .errors import ConfigError, ExpmanError, UsageError
+from .gitguard import find_repository
+from .progress import Reporter
+from .queue import CANCELLED, FAILED, JOB_STATES, PENDING, RUNNING, SUCCEEDED, Job, Queue, open_queue, queue_url
+from .record import CANCELLED as RUN_CANCELLED
+from .record import QUEUED, load_record, record_lock, write_record_locked
+from .rundir import RunDir, utc_now
+from .scheduling import schedule
+from .submission import config_at, plan_submission
+from .sweep import expand_sweep
+from .worker import run_workers
+
+RunsRoot = Callable[[argparse.Namespace], Path]
+
+
+AddRunsRoot = Callable[[argparse.ArgumentParser], None]
+
+
+def add_commands(commands: argparse._SubParsersAction, add_runs_root: AddRunsRoot) -> None:  # type: ignore[type-arg]
+    p = commands.add_parser("sweep", help="show the combinations of the sweep in config.json")
+    p.add_argument("--show", action="store_true", help="print every combination and their count (the default)")
+    p.add_argument("--commit-hash", metavar="REF", help="read config.json at this commit (default: the work tree)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
+
+    p = commands.add_parser("schedule", help="put the runs of a submit into the job queue for workers")
+    p.add_argument("--commit-hash", metavar="REF", help="commit to run (hash, short hash, tag); default HEAD")
+    p.add_argument("--backend", choices=sorted(b for b in BACKENDS if b != "slurm"), help="how workers run it")
+    p.add_argument("--host", help="ssh backend: a host named in expman.hosts")
+    _add_queue(p)
+    p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
+
+    p = commands.add_parser("worker", help="claim jobs from the queue and run them until it is empty")
+    _add_queue(p)
+    add_runs_root(p)
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="run N jobs at once (N worker processes)")
+    p.add_argument("--backend", choices=sorted(b for b in BACKENDS if b != "slurm"), help="override the runs' backend")
+    p.add_argument("--forever", action="store_true", help="wait for new jobs instead of exiting when none is left")
+
+    p = commands.add_parser("status", help="jobs per state, progress, ETA and live workers of the queue")
+    _add_queue(p)
+    add_runs_root(p)
+    p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = commands.add_parser("retry", help="put failed jobs back into the queue")
+    _add_queue(p)
+    add_runs_root(p)
+    p.add_argument("--failed", action="store_true", required=True, help="every failed job (of --sweep)")
+    p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs")
+    p.add_argument("--attempts", type=int, default=1, metavar="N", help="more attempts for each job (default 1)")
+
+
+def _add_queue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--queue",
+        metavar="URL",
+        help="sqlite:///path or postgresql://user@host/db (default: EXPMAN_QUEUE, else queue.sqlite in runs_root)",
+    )
+
+
+def open_from_args(args: argparse.Namespace, runs_root: Path) -> Queue:
+    return open_queue(queue_url(args.queue, runs_root, os.environ))
+
+
+def cmd_sweep(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    repo = find_repository(args.repo)
+    if args.commit_hash:
+        config = config_at(repo, args.commit_hash)
+        source = f"config.json at {args.commit_hash}"
+    else:
+        from .config import load_config
+
+        try:
+            text = (repo / "config.json").read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {repo / 'config.json'}: {exc.strerror}") from None
+        config = load_config(text, "config.json (work tree)", _read_optional(repo / "config.schema.json"))
+        source = "config.json in the work tree"
+    combinations = expand_sweep(config.document)
+    if args.format == "json":
+        rows = [{"index": c.index, "repeat": c.repeat, "values": c.values} for c in combinations]
+        console.print_json(json.dumps(rows))
+        return 0
+    keys = list(combinations[0].values)
+    table = Table(title=f"{len(combinations)} combinations ({source})")
+    for name in ("#", *keys, *(["repeat"] if combinations[0].repeats > 1 else [])):
+        table.add_column(name, justify="right" if name in ("#", "repeat") else "left")
+    for c in combinations:
+        repeat = [str(c.repeat)] if c.repeats > 1 else []
+        table.add_row(str(c.index), *(escape(json.dumps(c.values[k])) for k in keys), *repeat)
+    console.print(table)
+    console.print(f"{len(combinations)} combinations", markup=False)
+    return 0
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def cmd_schedule(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    environ = dict(os.environ)
+    plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host)
+    queue = open_from_args(args, plan.runs_root)
+    try:
+        result = schedule(plan, queue, environ, Reporter(), ["expman", *argv])
+    finally:
+        queue.close()
+    what = f"sweep {result.sweep_id}: " if result.sweep_id else ""
+    console.print(
+        f"{what}{len(result.added)} runs scheduled in {queue.shown}"
+        + (f"; {result.skipped} already queued, running or succeeded" if result.skipped else ""),
+        markup=False,
+        soft_wrap=True,
+    )
+    if result.added:
+        hint = f" --queue {queue.shown}" if args.queue else ""
+        console.print(f"start workers with: expman worker{hint} -j N", markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
+    if args.jobs < 1:
+        raise UsageError(f"-j {args.jobs}: give at least 1 worker")
+    url = queue_url(args.queue, runs_root(args), os.environ)
+    return run_workers(args.jobs, url, os.environ, args.backend, args.forever, argv)
+
+
+def cmd_status(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
+    queue = open_from_args(args, runs_root(args))
+    try:
+        counts = queue.counts(args.sweep)
+        workers = queue.live_workers()
+        durations = queue.recent_durations(sweep_id=args.sweep)
+    finally:
+        queue.close()
+    total = sum(counts.values())
+    done = sum(counts.get(s, 0) for s in (SUCCEEDED, FAILED, CANCELLED))
+    remaining = counts.get(PENDING, 0) + counts.get(RUNNING, 0)
+    eta = _eta(durations, remaining, len(workers))
+    if args.format == "json":
+        rows = [{"id": w.id, "host": w.host, "pid": w.pid, "job": w.job_id, "jobs_done": w.jobs_done} for w in workers]
+        payload = {"queue": queue.shown, "counts": counts, "total": total, "eta_s": eta, "workers": rows}
+        console.print_json(json.dumps(payload))
+        return 0
+    if not total:
+        console.print(f"{queue.shown}: no jobs" + (f" in sweep {args.sweep}" if args.sweep else ""), markup=False)
+        return 0
+    console.print(
+        f"{queue.shown}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in JOB_STATES) + f" of {total}",
+        markup=False,
+        soft_wrap=True,
+    )
+    line = Table.grid(padding=(0, 1))
+    line.add_row(
+        ProgressBar(total=total, completed=done, width=40),
+        f"{done}/{total} done",
+        f"ETA {_clock(eta)}" if eta is not None else "ETA unknown until a job succeeds and a worker is live",
+    )
+    console.print(line)
+    now = utc_now().timestamp()
+    for w in workers:
+        doing = f"job {w.job_id}" if w.job_id is not None else "idle"
+        console.print(
+            f"worker {w.id}: {doing}, {w.jobs_done} done, up {_clock(now - w.started_at)}, "
+            f"heartbeat {max(0.0, now - w.heartbeat_at):.0f}s ago",
+            markup=False,
+        )
+    if not workers and remaining:
+        console.print("no live workers; start some with: expman worker -j N", markup=False)
+    return 0
+
+
+def _eta(durations: list[float], remaining: int, workers: int) -> float | None:
+    if not remaining:
+        return 0.0
+    if not durations or not workers:
+        return None
+    return statistics.median(durations) * remaining / workers
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    days, h = divmod(hours, 24)
+    return f"{days}d{h:02d}h{m:02d}m" if days else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def cancel_sweep(args: argparse.Namespace, console: Console, root: Path) -> int:
+    queue = open_from_args(args, root)
+    try:
+        cancelled, asked = queue.cancel(sweep_id=args.sweep)
+    finally:
+        queue.close()
+    _mark_runs(cancelled, RUN_CANCELLED, "cancelled by user before start")
+    console.print(
+        f"sweep {args.sweep}: {len(cancelled)} pending jobs cancelled, {len(asked)} running jobs asked to stop "
+        "(their workers stop them at the next heartbeat)",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def cancel_queued_run(run: RunDir, root: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """Cancel one scheduled run through its queue: (cancelled, asked to stop)."""
+    queue = open_from_args(args, root)
+    try:
+        cancelled, asked = queue.cancel(run_id=run.run_id)
+    finally:
+        queue.close()
+    _mark_runs(cancelled, RUN_CANCELLED, "cancelled by user before start")
+    return len(cancelled), len(asked)
+
+
+def cmd_retry(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
+    if args.attempts < 1:
+        raise UsageError(f"--attempts {args.attempts}: give at least 1")
+    queue = open_from_args(args, runs_root(args))
+    try:
+        jobs = queue.retry_failed(args.sweep, args.attempts)
+    finally:
+        queue.close()
+    _mark_runs(jobs, QUEUED, "retry requested")
+    console.print(f"{len(jobs)} failed jobs back in the queue, {args.attempts} more attempts each", markup=False)
+    return 0
+
+
+def _mark_runs(jobs: list[Job], status: str, reason: str) -> None:
+    for job in jobs:
+        run = RunDir(Path(job.run_dir))
+        try:
+            with record_lock(run):
+                record = load_record(run)
+                record.status, record.reason = status, reason
+                if status == QUEUED:
+                    record.ended_at = record.duration_s = record.exit_code = None
+                else:
+                    record.ended_at = utc_now().isoformat()
+                write_record_locked(run, record)
+        except (OSError, ExpmanError):
+            continue  # the run directory lives on another machine; the queue is the truth

@@ -1,0 +1,94 @@
+"""``expman schedule``: the runs of a submit go into the job queue instead of running here.
+
+Every check of ``expman submit`` happens first. Then each combination of the sweep gets a
+job key, and only combinations whose key is not already pending, running or succeeded in the
+queue get a run directory and a job, so scheduling the same sweep twice adds nothing.
+
+The job key is sha256 of the commit, the canonical form of the run's effective config and
+the repeat index. The canonical form is JSON with sorted keys, so key order never matters;
+numbers compare by value as JSON parses them (0.1 and 1e-1 are one value), but 1 and 1.0
+differ (an int and a float are different to the program) and "0.1" is a string, not a
+number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .backends import make_backend
+from .config import hash_config
+from .errors import UsageError
+from .progress import Reporter
+from .queue import NewJob, Queue
+from .record import RunRecord
+from .rundir import Clock, utc_now
+from .submission import Plan, create_runs, sweep_id
+from .sweep import Combination, effective_config
+
+
+@dataclass
+class Scheduled:
+    sweep_id: str | None
+    added: list[RunRecord]
+    skipped: int
+
+
+def job_key(commit: str, document: dict, repeat: int) -> str:  # type: ignore[type-arg]
+    return hashlib.sha256(f"{commit}\n{hash_config(document)}\n{repeat}".encode()).hexdigest()
+
+
+def schedule(
+    plan: Plan,
+    queue: Queue,
+    environ: Mapping[str, str],
+    reporter: Reporter,
+    argv: list[str],
+    clock: Clock = utc_now,
+) -> Scheduled:
+    backend = make_backend(plan.backend, environ)
+    if backend.hands_off:
+        raise UsageError(
+            f"the {plan.backend} backend hands runs to its own scheduler; queue workers run jobs themselves: "
+            "schedule with --backend local, process or ssh, and start the workers as Slurm jobs"
+        )
+    backend.check(plan)
+    swept = len(plan.combinations) > 1
+    keys = {c.index: job_key(plan.commit, _document(plan, c, swept), c.repeat) for c in plan.combinations}
+    live = queue.live_keys(list(keys.values()))
+    fresh = [c for c in plan.combinations if keys[c.index] not in live]
+
+    def annotate(combination: Combination, record: RunRecord) -> None:
+        record.queue = {"url": queue.shown, "key": keys[combination.index]}
+
+    runs = create_runs(plan, backend, argv, clock, reporter, fresh, annotate) if fresh else []
+    settings = plan.config.settings.queue
+    jobs = []
+    for combination, (run, _) in zip(fresh, runs, strict=True):
+        jobs.append(
+            NewJob(
+                key=keys[combination.index],
+                run_id=run.run_id,
+                run_dir=str(run.path),
+                label=combination.label,
+                sweep_id=sweep_id(plan) if swept else None,
+                priority=settings.priority,
+                max_attempts=settings.max_attempts,
+                lease_s=settings.lease_s,
+                backoff_s=settings.backoff_s,
+            )
+        )
+    added = queue.add(jobs) if jobs else set()
+    records = []
+    for job, (run, record) in zip(jobs, runs, strict=True):
+        if job.key in added:
+            records.append(record)
+        else:  # scheduled by someone else between our look and our insert
+            shutil.rmtree(run.path, ignore_errors=True)
+    return Scheduled(sweep_id(plan) if swept else None, records, len(plan.combinations) - len(records))
+
+
+def _document(plan: Plan, combination: Combination, swept: bool) -> dict:  # type: ignore[type-arg]
+    return effective_config(plan.config.document, combination) if swept else plan.config.document

@@ -1,0 +1,368 @@
+"""``expman worker``: claim jobs from the queue and run them, one at a time per process.
+
+A claimed job is a run directory made by ``expman schedule``; the worker runs it with the
+run's backend (or ``--backend``) under the same contract as ``expman submit``: prepare,
+execute, record. Every attempt is appended to the record's ``attempts``; an earlier
+attempt's logs move to logs/attempt-N/.
+
+While a job runs, a heartbeat thread extends its lease every lease/3 seconds. If the
+heartbeat finds the lease lost (this worker was stopped or cut off for longer than the
+lease and the job went to a newer attempt), the program is stopped and nothing more is
+recorded: every write of the record checks the job still carries this worker's attempt
+number, and the last write commits the outcome to the queue under the run's record lock,
+so a newer attempt always starts from the final record of the one before.
+
+Retries: a failed attempt goes back to the queue after ``backoff`` (doubled each time)
+until ``max_attempts``; configuration errors (bad config, image build, a command that
+cannot start) and timeouts are final at once. SIGTERM or Ctrl-C stops the program and returns the job
+to the queue without using up an attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from .backends import make_backend
+from .backends.base import Backend, execute
+from .errors import (
+    BuildError,
+    ConfigError,
+    ExpmanError,
+    LaunchError,
+    StaleAttemptError,
+    UnsafeArchiveError,
+)
+from .hostinfo import hostname
+from .progress import Reporter
+from .queue import CANCELLED, FAILED, PENDING, SUCCEEDED, Job, open_queue
+from .queue.store import WORKER_TTL_S
+from .record import (
+    CANCELLED as RUN_CANCELLED,
+)
+from .record import (
+    FAILED as RUN_FAILED,
+)
+from .record import (
+    QUEUED,
+    RUNNING,
+    RunRecord,
+    load_record,
+    record_lock,
+    write_record_locked,
+)
+from .rundir import RunDir, utc_now
+
+IDLE_POLL_S = 1.0
+WORKER_BEAT_S = WORKER_TTL_S / 3
+PERMANENT_ERRORS = (ConfigError, BuildError, LaunchError, UnsafeArchiveError)
+MAX_BACKOFF_S = 3600.0
+
+
+class _Interrupted(Exception):
+    """SIGTERM/SIGINT while no program runs (claiming, idle, preparing)."""
+
+
+@dataclass
+class _Attempt:
+    """What the heartbeat thread learned about the running attempt."""
+
+    job: Job
+    lost: bool = False
+    cancel: bool = False
+    settled: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        url: str,
+        environ: Mapping[str, str],
+        backend: str | None = None,
+        forever: bool = False,
+        out: TextIO = sys.stdout,
+        idle_poll_s: float = IDLE_POLL_S,
+    ) -> None:
+        self.id = f"{hostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        self.url = url
+        self.environ = environ
+        self.backend_name = backend
+        self.forever = forever
+        self.out = out
+        self.idle_poll_s = idle_poll_s
+        self.queue = open_queue(url, application_name=f"expman-worker {self.id}")
+        self._stopping = False
+        self._interruptible = False
+        self._attempt: _Attempt | None = None
+        self._done = 0
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._backends: dict[str, Backend] = {}
+
+    def run(self) -> int:
+        """Claim and run jobs until none is left (or forever); the number of jobs run."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.queue.register_worker(self.id, hostname(), os.getpid())
+        self._say(f"worker {self.id} on {self.queue.shown}")
+        beats = threading.Thread(target=self._heartbeats, daemon=True)
+        beats.start()
+        try:
+            while not self._stopping:
+                try:
+                    with self._interruptions():
+                        job = self.queue.claim(self.id)
+                        if job is None:
+                            if not self.forever and not self.queue.waiting():
+                                break
+                            time.sleep(self.idle_poll_s)
+                            continue
+                    self.run_job(job)
+                    self._done += 1
+                except _Interrupted:
+                    break
+        finally:
+            self._closing.set()
+            self._wake.set()
+            beats.join()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            for backend in self._backends.values():
+                backend.close()
+            self.queue.unregister_worker(self.id)
+            self.queue.close()
+        self._say(f"worker {self.id} stopping after {self._done} jobs")
+        return self._done
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Stop after this job; interrupt now only while claiming, idle or preparing (never
+        in the middle of writing a record). The heartbeat's own SIGTERM stops the job only."""
+        attempt = self._attempt
+        if attempt is None or not (attempt.lost or attempt.cancel):
+            self._stopping = True
+        if self._interruptible:
+            self._interruptible = False
+            raise _Interrupted(signal.Signals(signum).name)
+
+    @contextmanager
+    def _interruptions(self) -> Iterator[None]:
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    # --- one job -----------------------------------------------------------------
+
+    def run_job(self, job: Job) -> None:
+        run = RunDir(Path(job.run_dir))
+        tag = f"job {job.id} (run {job.run_id}{' ' + job.label if job.label else ''}) attempt {job.attempt}"
+        if not run.record.exists():
+            error = f"run directory {run.path} is not on {hostname()}; workers need the scheduler's runs_root"
+            self.queue.finish(job, FAILED, error)
+            self._say(f"{tag}: {error}")
+            return
+        name = self.backend_name or load_record(run).backend
+        backend = self._backends.get(name) or self._backends.setdefault(name, make_backend(name, self.environ))
+        try:
+            record = self._begin(run, job, backend)
+            if record is None:
+                self._say(f"{tag}: failed; its worker went silent on the last of {job.max_attempts} attempts")
+                return
+            self._say(f"{tag}/{job.max_attempts} started")
+            record = self._execute(run, record, job, backend)
+            self._say(f"{tag}: {record.status}" + (f" ({record.reason})" if record.reason else ""))
+        except StaleAttemptError as exc:
+            self._say(f"{tag}: {exc.message}")
+
+    def _begin(self, run: RunDir, job: Job, backend: Backend) -> RunRecord | None:
+        """Append this attempt to the record; stop what an earlier, silent attempt left
+        running here. None if the job has no attempts left (recorded failed)."""
+        with record_lock(run):
+            record = load_record(run)
+            if record.status == RUNNING and record.host == hostname():
+                backend.stop_orphan(record)
+            if record.attempts and "ended_at" not in record.attempts[-1]:
+                record.attempts[-1].update(
+                    ended_at=utc_now().isoformat(), status="lost", reason="its worker stopped heartbeating"
+                )
+            if job.attempt > job.max_attempts:
+                record.mark_ended(
+                    RUN_FAILED,
+                    utc_now(),
+                    reason=f"lost: the worker of attempt {job.attempt - 1} stopped heartbeating; "
+                    f"{job.max_attempts} attempts used",
+                )
+                if self.queue.finish(job, FAILED, record.reason):
+                    write_record_locked(run, record)
+                return None
+            _move_logs(run, len(record.attempts))
+            record.attempts.append(
+                {
+                    "attempt": job.attempt,
+                    "worker": self.id,
+                    "host": hostname(),
+                    "started_at": datetime.now(UTC).isoformat(),
+                }
+            )
+            record.status, record.reason, record.host = QUEUED, None, None
+            record.started_at = record.ended_at = record.duration_s = record.exit_code = None
+            record.pid = record.container_id = None
+            record.oom_killed = record.peak_memory_bytes = None
+            write_record_locked(run, record)
+        return record
+
+    def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
+        attempt = self._attempt = _Attempt(job)
+        self._wake.set()  # the lease was just taken: the next beat is due in lease/3
+        try:
+            try:
+                with self._interruptions():
+                    backend.prepare(run, record, Reporter(quiet=True))
+                return execute(
+                    backend,
+                    run,
+                    record,
+                    utc_now,
+                    echo=False,
+                    interpret=lambda current: self._interpret(attempt),
+                    save=lambda r, rec: self._save(attempt, r, rec),
+                )
+            except _Interrupted:
+                status, reason = self._interpret(attempt)
+                record.mark_ended(status, utc_now(), reason=reason)
+                self._save(attempt, run, record)
+                return record
+            except StaleAttemptError:
+                raise
+            except ExpmanError as exc:
+                if not attempt.settled:  # failed before execute() recorded an end
+                    record.mark_ended(RUN_FAILED, utc_now(), reason=exc.message)
+                    self._save(attempt, run, record, permanent=isinstance(exc, PERMANENT_ERRORS))
+                return record
+        finally:
+            self._attempt = None
+            self._wake.set()
+
+    def _interpret(self, attempt: _Attempt) -> tuple[str, str]:
+        """Why the program was stopped: the lease was lost, a cancel, or this worker stopping."""
+        if attempt.lost:
+            return RUN_FAILED, "lease lost: a newer attempt owns this run"
+        if attempt.cancel:
+            return RUN_CANCELLED, "cancelled by user"
+        self._stopping = True  # SIGTERM or Ctrl-C to this worker
+        return QUEUED, f"attempt {attempt.job.attempt} interrupted: its worker stopped; back in the queue"
+
+    def _save(self, attempt: _Attempt, run: RunDir, record: RunRecord, permanent: bool = False) -> None:
+        """Write the record only while this attempt holds the job; at the end of the
+        attempt, commit the outcome to the queue first, under the record's lock."""
+        job = attempt.job
+        with record_lock(run):
+            if record.final or (record.status == QUEUED and record.ended_at is not None):
+                state, error, retry_in_s, extra = self._outcome(job, record, permanent)
+                record.attempts[-1].update(
+                    ended_at=record.ended_at, status=record.status, reason=record.reason, exit_code=record.exit_code
+                )
+                if state == PENDING:
+                    record.status, record.ended_at, record.duration_s, record.exit_code = QUEUED, None, None, None
+                if not self.queue.finish(job, state, error, retry_in_s, extra):
+                    raise StaleAttemptError(f"result of attempt {job.attempt} rejected: a newer attempt owns the job")
+                attempt.settled = True
+            elif attempt.lost or self.queue.heartbeat(job) == "lost":
+                raise StaleAttemptError(f"attempt {job.attempt} lost its lease; stopped, nothing recorded")
+            write_record_locked(run, record)
+
+    def _outcome(self, job: Job, record: RunRecord, permanent: bool) -> tuple[str, str | None, float, int]:
+        """(queue state, error, retry delay, extra tries) for how this attempt ended."""
+        if record.status == "succeeded":
+            return SUCCEEDED, None, 0.0, 0
+        if record.status == RUN_CANCELLED:
+            return CANCELLED, record.reason, 0.0, 0
+        if record.status == QUEUED:  # interrupted by this worker stopping: not the job's fault
+            return PENDING, record.reason, 0.0, 1
+        # A program that cannot start (execute() records "start failed: ...") fails the same way again.
+        permanent = permanent or (record.reason or "").startswith("start failed") or record.reason == "timeout"
+        retryable = not permanent and job.attempt < job.max_attempts
+        if not retryable:
+            return FAILED, record.reason, 0.0, 0
+        delay = min(job.backoff_s * 2 ** (job.attempt - 1), MAX_BACKOFF_S)
+        record.reason = f"attempt {job.attempt} of {job.max_attempts} failed ({record.reason}); retry in {delay:.0f}s"
+        return PENDING, record.reason, delay, 0
+
+    def _heartbeats(self) -> None:
+        """For the worker's life: keep its row alive (``expman status``) and extend the lease
+        of the running attempt. On a lost lease or a cancel, stop the program: SIGTERM to this
+        process, which ``execute`` turns into a stop (or, while preparing, ``_Interrupted``)."""
+        queue = open_queue(self.url, application_name=f"expman-heartbeat {self.id}")
+        try:
+            while True:
+                attempt = self._attempt
+                interval = WORKER_BEAT_S if attempt is None else max(min(attempt.job.lease_s / 3, WORKER_BEAT_S), 0.05)
+                woken = self._wake.wait(interval)
+                if self._closing.is_set():
+                    return
+                if woken:  # another attempt (or none): its interval starts now
+                    self._wake.clear()
+                try:
+                    attempt = self._attempt
+                    queue.worker_beat(self.id, attempt.job.id if attempt else None, self._done)
+                    if woken or attempt is None or attempt.settled:
+                        continue
+                    if not (attempt.lost or attempt.cancel):
+                        state = queue.heartbeat(attempt.job)
+                        attempt.lost, attempt.cancel = state == "lost", state == "cancel"
+                except ExpmanError:
+                    continue  # the database is away; the lease may still hold when it returns
+                if attempt.lost or attempt.cancel:
+                    os.kill(os.getpid(), signal.SIGTERM)  # again each beat until the attempt ends
+        finally:
+            queue.close()
+
+    def _say(self, line: str) -> None:
+        print(f"{datetime.now().strftime('%H:%M:%S')} {line}", file=self.out, flush=True)
+
+
+def _move_logs(run: RunDir, previous: int) -> None:
+    if not previous:
+        return
+    target = run.logs / f"attempt-{previous - 1}"
+    target.mkdir(exist_ok=True)
+    for name in ("stdout.log", "stderr.log", "build.log"):
+        if (run.logs / name).exists():
+            (run.logs / name).rename(target / name)
+
+
+def run_workers(
+    count: int, url: str, environ: Mapping[str, str], backend: str | None, forever: bool, argv: list[str]
+) -> int:
+    """``-j 1`` works here; ``-j N`` starts N worker processes and waits for them, passing
+    SIGTERM/SIGINT on."""
+    if count == 1:
+        Worker(url, environ, backend, forever).run()
+        return 0
+    child_argv = [sys.executable, "-m", "expman", "worker", "-j", "1", "--queue", url]
+    child_argv += [*(["--backend", backend] if backend else []), *(["--forever"] if forever else [])]
+    children = [subprocess.Popen(child_argv, env=dict(environ)) for _ in range(count)]
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return max(codes)

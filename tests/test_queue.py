@@ -1,0 +1,283 @@
+"""The queue contract, against a real SQLite file and a real PostgreSQL server alike:
+atomic claims under contention, leases and fencing, retries, idempotent scheduling, idle
+workers while rows are locked, and a connection killed in the middle of a claim."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expman.cli import main
+from expman.queue import NewJob, open_queue
+
+from .conftest import read_record
+
+CLIENTS = Path(__file__).parent / "queue_clients.py"
+LEASE = "2s"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'queue.sqlite'}"
+    server = request.getfixturevalue("postgres")
+    return server.create_database(f"q_{os.getpid()}_{time.monotonic_ns()}")
+
+
+def _jobs(count: int, **overrides: Any) -> list[NewJob]:
+    fields = dict(sweep_id="s", priority=0, max_attempts=3, lease_s=60.0, backoff_s=0.0) | overrides
+    return [NewJob(key=f"k{i}", run_id=f"r{i}", run_dir=f"/nowhere/r{i}", label="", **fields) for i in range(count)]
+
+
+def _worker(url: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "expman", "worker", "--queue", url, *args]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(check: Any, what: str, timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text())["status"]
+    except (OSError, ValueError):
+        return None
+
+
+class TestQueueContract:
+    def test_every_job_is_claimed_exactly_once_by_32_workers(self, queue_url: str, tmp_path: Path) -> None:
+        queue = open_queue(queue_url)
+        queue.add(_jobs(1000))
+        outs = [tmp_path / f"claims-{i}" for i in range(32)]
+        # a pause between the claim's SELECT and UPDATE widens the race window
+        procs = [subprocess.Popen([sys.executable, str(CLIENTS), "claim", queue_url, str(o), "0.002"]) for o in outs]
+        assert [p.wait(timeout=600) for p in procs] == [0] * 32
+        claims = Counter(int(line) for o in outs for line in o.read_text().split())
+        assert len(claims) == 1000 and set(claims.values()) == {1}
+        assert sum(1 for o in outs if o.read_text()) > 1  # the work was really shared
+        assert queue.counts() == {"succeeded": 1000}
+        assert {j.attempt for j in queue.jobs_of()} == {1}
+
+    def test_scheduling_the_same_sweep_twice_adds_nothing(
+        self, queue_url: str, make_repo: Any, runs_root: Path
+    ) -> None:
+        repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [1, 2, 3], "repeat": 2}})
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        queue = open_queue(queue_url)
+        assert queue.counts() == {"pending": 6}
+        assert len([p for p in runs_root.iterdir() if (p / "run.json").exists()]) == 6
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url, "--commit-hash", "HEAD"]) == 0
+        assert queue.counts() == {"pending": 6}
+        repo.commit({"notes.txt": "new code"}, "new code")  # another commit is other code: new runs
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        assert queue.counts() == {"pending": 12}
+
+    def test_worker_idles_while_every_pending_row_is_locked(
+        self, queue_url: str, make_repo: Any, runs_root: Path
+    ) -> None:
+        repo = make_repo({"backend": "process", "queue": {"lease": LEASE}})
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        release = _lock_all_pending(queue_url)
+        worker = _worker(queue_url, dict(os.environ))
+        try:
+            time.sleep(3)
+            assert worker.poll() is None, worker.communicate()[0]  # waiting, not gone
+            assert open_queue(queue_url).counts() == {"pending": 1}
+        finally:
+            release()
+        output, _ = worker.communicate(timeout=60)
+        assert worker.returncode == 0, output
+        assert open_queue(queue_url).counts() == {"succeeded": 1}
+
+    def test_a_claim_cut_off_midway_is_all_or_nothing(self, queue_url: str, tmp_path: Path) -> None:
+        queue = open_queue(queue_url)
+        queue.add(_jobs(1))
+        marker = tmp_path / "in-claim"
+        argv = [sys.executable, str(CLIENTS), "claim-once", queue_url, str(marker), "5"]
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        _wait(marker.exists, "the claim to reach its pause")
+        if queue_url.startswith("postgresql"):  # the server drops the connection; the client reconnects
+            killed = queue._execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+                (f"claim-once {client.pid}",),
+            ).fetchall()
+            assert killed == [(True,)]
+            output, _ = client.communicate(timeout=60)
+            assert output.split() == ["1", "1"]  # claimed once after reconnecting: attempt 1, not 2
+        else:  # the process dies holding the write lock
+            client.kill()
+            client.wait()
+            (job,) = queue.jobs_of()
+            assert (job.state, job.attempt, job.worker) == ("pending", 0, None)
+            claimed = queue.claim("after")
+            assert claimed is not None and claimed.attempt == 1
+        (job,) = queue.jobs_of()
+        assert (job.state, job.attempt) == ("running", 1)
+
+    def test_worker_killed_mid_job_reruns_once_and_records_once(
+        self, queue_url: str, make_repo: Any, runs_root: Path
+    ) -> None:
+        repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": 3})
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+        first = _worker(queue_url, dict(os.environ))
+        _wait(lambda: _status(run) == "running", "the first attempt to run")
+        orphan = read_record(run)["pid"]
+        first.kill()  # kill -9: no heartbeat, no record; its program runs on as an orphan
+        first.communicate()
+        time.sleep(2.5)  # the lease expires
+        second = _worker(queue_url, dict(os.environ))
+        output, _ = second.communicate(timeout=120)
+        assert second.returncode == 0, output
+        record = read_record(run)
+        assert record["status"] == "succeeded"
+        assert [a["attempt"] for a in record["attempts"]] == [1, 2]
+        assert record["attempts"][0]["status"] == "lost" and record["attempts"][1]["status"] == "succeeded"
+        assert (run / "logs" / "attempt-0" / "stdout.log").exists()
+        assert not Path(f"/proc/{orphan}").exists() or _is_zombie(orphan)  # the orphan was stopped
+        (job,) = open_queue(queue_url).jobs_of()
+        assert (job.state, job.attempt) == ("succeeded", 2)
+        assert main(["table", "--runs-root", str(runs_root), "--format", "json"]) == 0
+
+    def test_a_stopped_worker_that_comes_back_cannot_record(
+        self, queue_url: str, make_repo: Any, runs_root: Path
+    ) -> None:
+        repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": 4})
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+        stale = _worker(queue_url, dict(os.environ))
+        _wait(lambda: _status(run) == "running", "the first attempt to run")
+        os.kill(stale.pid, signal.SIGSTOP)
+        time.sleep(3)  # past the lease
+        fresh = _worker(queue_url, dict(os.environ))
+        _wait(lambda: len(read_record(run)["attempts"]) == 2 and _status(run) == "running", "attempt 2 to run")
+        os.kill(stale.pid, signal.SIGCONT)
+        stale_output, _ = stale.communicate(timeout=60)
+        fresh_output, _ = fresh.communicate(timeout=120)
+        assert stale.returncode == 0 and fresh.returncode == 0, stale_output + fresh_output
+        assert "rejected" in stale_output or "lost its lease" in stale_output, stale_output
+        record = read_record(run)
+        assert record["status"] == "succeeded" and len(record["attempts"]) == 2
+        assert record["attempts"][1]["status"] == "succeeded"
+        (job,) = open_queue(queue_url).jobs_of()
+        assert (job.state, job.attempt) == ("succeeded", 2)
+
+    def test_a_poison_job_runs_exactly_max_attempts(self, queue_url: str, make_repo: Any, runs_root: Path) -> None:
+        queue_settings = {"lease": LEASE, "max_attempts": 3, "backoff": "0.5s"}
+        repo = make_repo({"backend": "process", "queue": queue_settings}, {"mode": "fail"})
+        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
+        (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+        worker = _worker(queue_url, dict(os.environ))
+        output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output
+        (job,) = open_queue(queue_url).jobs_of()
+        assert (job.state, job.attempt) == ("failed", 3) and "exit code 3" in job.error
+        record = read_record(run)
+        assert record["status"] == "failed" and record["reason"] == "exit code 3"
+        assert [a["status"] for a in record["attempts"]] == ["failed"] * 3
+        assert sorted(p.name for p in (run / "logs").iterdir() if p.is_dir()) == ["attempt-0", "attempt-1"]
+        # put back by hand: one more attempt
+        assert main(["retry", "--failed", "--queue", queue_url]) == 0
+        assert read_record(run)["status"] == "queued"
+        assert open_queue(queue_url).counts() == {"pending": 1}
+
+
+def _lock_all_pending(url: str) -> Any:
+    """Hold every pending row (PostgreSQL) or the database's write lock (SQLite) in an open
+    transaction, as another claim would; returns the release."""
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(url)
+        conn.execute("SELECT id FROM expman_jobs WHERE state = 'pending' FOR UPDATE").fetchall()
+
+    def release() -> None:
+        conn.rollback() if not isinstance(conn, sqlite3.Connection) else conn.execute("ROLLBACK")
+        conn.close()
+
+    return release
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_configuration_errors_are_not_retried(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process", "command": ["no-such-program-here"], "queue": {"max_attempts": 5}})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    assert main(["worker", "--queue", url]) == 0
+    (job,) = open_queue(url).jobs_of()
+    assert (job.state, job.attempt) == ("failed", 1) and "start failed" in job.error
+
+
+def test_cancel_a_sweep(make_repo: Any, runs_root: Path, tmp_path: Path, capsys: Any) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [1, 2, 3]}})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    sweep = open_queue(url).jobs_of()[0].sweep_id
+    assert main(["cancel", "--sweep", sweep, "--queue", url]) == 0
+    assert "3 pending jobs cancelled" in capsys.readouterr().out
+    assert open_queue(url).counts() == {"cancelled": 3}
+    statuses = {read_record(p)["status"] for p in runs_root.iterdir() if (p / "run.json").exists()}
+    assert statuses == {"cancelled"}
+    assert main(["worker", "--queue", url]) == 0  # nothing to do
+
+
+def test_status_shows_counts_progress_and_workers(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [1, 2]}}, {"mode": "sleep", "seconds": 2})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    worker = _worker(url, dict(os.environ), "--forever")
+    try:
+        _wait(lambda: open_queue(url).counts().get("succeeded"), "a job to succeed")
+        status = subprocess.run(
+            [sys.executable, "-m", "expman", "status", "--queue", url], capture_output=True, text=True, check=True
+        ).stdout
+        assert "running" in status and "succeeded" in status and "/2 done" in status and "ETA" in status
+        assert f"worker {os.uname().nodename}:{worker.pid}:" in status
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert worker.returncode == 0
+    assert open_queue(url).live_workers() == []
+
+
+def test_secret_in_a_queue_url_is_refused(tmp_path: Path, capsys: Any) -> None:
+    code = main(["status", "--queue", "postgresql://alice:hunter2@127.0.0.1/db", "--runs-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 28 and "PGPASSWORD" in err and "hunter2" not in err
+    code = main(["status", "--queue", "sqlite:///x.sqlite?table=jobs;DROP TABLE x", "--runs-root", str(tmp_path)])
+    assert code == 28 and "not allowed" in capsys.readouterr().err
+
+
+def test_values_with_sql_metacharacters_are_stored_verbatim(tmp_path: Path) -> None:
+    queue = open_queue(f"sqlite://{tmp_path / 'q.sqlite'}?table=my_queue")
+    evil = "x'); DROP TABLE my_queue_jobs; --"
+    queue.add([NewJob(evil, evil, evil, evil, evil, 0, 1, 1.0, 0.0)])
+    (job,) = queue.jobs_of(sweep_id=evil)
+    assert (job.key, job.run_id, job.label) == (evil, evil, evil)
