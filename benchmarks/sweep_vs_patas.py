@@ -108,13 +108,21 @@ def expman(work: Path, repo: Repo, repeat: int) -> float:
     shutil.rmtree(runs, ignore_errors=True)
     env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs)}
     cli = [sys.executable, "-m", "expman"]
-    start = time.perf_counter()
-    subprocess.run([*cli, "schedule", "-C", str(repo.path)], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*cli, "worker", "-j", str(WORKERS)], env=env, check=True, stdout=subprocess.DEVNULL)
     table = [*cli, "table", "--rows", "model.neurons,model.preprocessing", "--cols", "model.activation"]
     table += ["--value", "test_acc", "--format", "csv", "-o", str(work / "expman-table.csv")]
-    subprocess.run(table, env=env, check=True, stdout=subprocess.DEVNULL)
+    steps = {
+        "schedule": [*cli, "schedule", "-C", str(repo.path)],
+        "worker": [*cli, "worker", "-j", str(WORKERS)],
+        "table": table,
+    }
+    start = time.perf_counter()
+    took = {}
+    for name, argv in steps.items():
+        began = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        took[name] = time.perf_counter() - began
     elapsed = time.perf_counter() - start
+    print("         " + ", ".join(f"{name} {t:.2f}s" for name, t in took.items()))
     assert len(list(runs.glob("*/run.json"))) == len(tasks(repeat))
     assert len((work / "expman-table.csv").read_text().splitlines()) == 1 + 25 * 3 * 4  # one line per cell
     return elapsed

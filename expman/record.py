@@ -150,14 +150,16 @@ def save_record(run: RunDir, record: RunRecord) -> None:
 
 
 def write_record_locked(run: RunDir, record: RunRecord) -> None:
-    """``save_record`` for a caller that holds ``record_lock(run)``."""
+    """``save_record`` for a caller that holds ``record_lock(run)``. Only a final record is
+    synced to disk before it replaces the old one: a crash may lose the latest passing state
+    (queued, running), never how a run ended."""
     try:
         if record.cancel_requested_at is None and run.record.exists():
             try:
                 record.cancel_requested_at = json.loads(run.record.read_text()).get("cancel_requested_at")
             except ValueError:
                 pass
-        write_json_atomic(run.record, record.to_dict())
+        write_json_atomic(run.record, record.to_dict(), durable=record.final)
     except OSError as exc:
         raise RecordError(
             f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,8 +103,8 @@ def resolve_runs_root(configured: str | None, repo: Path | None, environ: Mappin
     return Path(data_home) / "expman" / "runs"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, json_bytes(data))
+def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
+    write_bytes_atomic(path, json_bytes(data), durable)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -113,14 +113,16 @@ def json_bytes(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file in the same directory, fsync (when ``durable``), then rename
+    over ``path``: readers see the old or the new content, never a mix."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writing thread
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -83,6 +83,11 @@ class _Attempt:
     lost: bool = False
     cancel: bool = False
     settled: bool = False
+    claimed: float = field(default_factory=time.monotonic)
+
+    def fresh(self) -> bool:
+        """Claimed less than half a lease ago: the lease surely still holds."""
+        return time.monotonic() - self.claimed < self.job.lease_s / 2
 
 
 class Worker:
@@ -187,8 +192,9 @@ class Worker:
             self._say(f"{tag}: {exc.message}")
 
     def _begin(self, run: RunDir, job: Job, backend: Backend) -> RunRecord | None:
-        """Append this attempt to the record; stop what an earlier, silent attempt left
-        running here. None if the job has no attempts left (recorded failed)."""
+        """Append this attempt to the record (written when the program starts); stop what an
+        earlier, silent attempt left running here. None if the job has no attempts left
+        (recorded failed)."""
         with record_lock(run):
             record = load_record(run)
             if record.status == RUNNING and record.host == hostname():
@@ -220,8 +226,7 @@ class Worker:
             record.started_at = record.ended_at = record.duration_s = record.exit_code = None
             record.pid = record.container_id = None
             record.oom_killed = record.peak_memory_bytes = None
-            write_record_locked(run, record)
-        return record
+        return record  # written once the program runs (or the attempt fails before)
 
     def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
         attempt = self._attempt = _Attempt(job)
@@ -279,7 +284,7 @@ class Worker:
                 if not self.queue.finish(job, state, error, retry_in_s, extra):
                     raise StaleAttemptError(f"result of attempt {job.attempt} rejected: a newer attempt owns the job")
                 attempt.settled = True
-            elif attempt.lost or self.queue.heartbeat(job) == "lost":
+            elif attempt.lost or (not attempt.fresh() and self.queue.heartbeat(job) == "lost"):
                 raise StaleAttemptError(f"attempt {job.attempt} lost its lease; stopped, nothing recorded")
             write_record_locked(run, record)
 

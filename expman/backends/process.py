@@ -12,11 +12,9 @@ run directory. Memory and GPU limits are not enforced here (recorded as a warnin
 from __future__ import annotations
 
 import os
-import select
 import selectors
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -89,37 +87,55 @@ class ProcessBackend(Backend):
 
 
 class ProcessExecution(Execution):
+    """The program's two pipes and its end are waited on together by whoever waits (no
+    threads): output reaches the sink as it comes, and the end is seen at once (pidfd)."""
+
     def __init__(self, proc: subprocess.Popen[bytes], sink: LogSink) -> None:
         self._proc = proc
-        streams = {proc.stdout: STDOUT, proc.stderr: STDERR}
-        self._pumps = [threading.Thread(target=_pump, args=(streams, sink), daemon=True)]
-        for pump in self._pumps:
-            pump.start()
+        self._sink = sink
         self._status: tuple[int, Any] | None = None
-        try:  # readable once the process ends: waiting costs nothing and ends at once
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(proc.stdout, selectors.EVENT_READ, STDOUT)  # type: ignore[arg-type]
+        self._selector.register(proc.stderr, selectors.EVENT_READ, STDERR)  # type: ignore[arg-type]
+        try:  # readable once the process ends
             self._pidfd: int | None = os.pidfd_open(proc.pid)
+            self._selector.register(self._pidfd, selectors.EVENT_READ, None)
         except (AttributeError, OSError):
             self._pidfd = None
 
     def wait(self, timeout_s: float | None) -> int | None:
+        """The exit code once the program has ended and both pipes are closed."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._status is None:
-            pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
-            if pid:
-                self._status = (status, rusage)
-                self._proc.returncode = os.waitstatus_to_exitcode(status)
-                self._close_pidfd()
-                break
+        while True:
+            if self._status is None:
+                self._reap()
+            if self._status is not None and self._pipes_closed():
+                return _shell_exit_code(self._status[0])
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            if self._pidfd is not None:
-                select.select([self._pidfd], [], [], remaining)
-            else:
-                time.sleep(_POLL_S if remaining is None else min(_POLL_S, remaining))
-        for pump in self._pumps:
-            pump.join()
-        return _shell_exit_code(self._status[0])
+            if self._pidfd is None and self._status is None:  # no pidfd: look again soon
+                remaining = _POLL_S if remaining is None else min(_POLL_S, remaining)
+            for key, _ in self._selector.select(remaining):
+                if key.data is None:
+                    self._reap()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if chunk:
+                    self._sink.write(key.data, chunk)
+                else:
+                    self._selector.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+
+    def _reap(self) -> None:
+        pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
+        if pid:
+            self._status = (status, rusage)
+            self._proc.returncode = os.waitstatus_to_exitcode(status)
+            self._close_pidfd()
+
+    def _pipes_closed(self) -> bool:
+        return all(key.data is None for key in self._selector.get_map().values())
 
     def stop(self, grace_s: float) -> None:
         self.signal(signal.SIGTERM)
@@ -138,9 +154,14 @@ class ProcessExecution(Execution):
         if self._status is None:
             self.kill()
         self._close_pidfd()
+        for key in list(self._selector.get_map().values()):
+            self._selector.unregister(key.fileobj)
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
+            self._selector.unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
 
@@ -149,21 +170,6 @@ class ProcessExecution(Execution):
             os.killpg(self._proc.pid, signum)
         except ProcessLookupError:
             pass
-
-
-def _pump(streams: dict[Any, str], sink: LogSink) -> None:
-    """Both pipes into the sink, from one thread, until both are closed."""
-    with selectors.DefaultSelector() as selector:
-        for stream, name in streams.items():
-            selector.register(stream, selectors.EVENT_READ, name)
-        while selector.get_map():
-            for key, _ in selector.select():
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    sink.write(key.data, chunk)
-                else:
-                    selector.unregister(key.fileobj)
-                    key.fileobj.close()  # type: ignore[union-attr]
 
 
 def _shell_exit_code(status: int) -> int:
