@@ -219,6 +219,7 @@ class Worker:
                     "attempt": job.attempt,
                     "worker": self.id,
                     "host": hostname(),
+                    "environment": backend.redactor.environment(self.environ),  # the worker's, e.g. SLURM_JOB_ID
                     "started_at": datetime.now(UTC).isoformat(),
                 }
             )

@@ -265,6 +265,7 @@ def test_status_shows_counts_progress_and_workers(make_repo: Any, runs_root: Pat
         worker.communicate(timeout=60)
     assert worker.returncode == 0
     assert open_queue(url).live_workers() == []
+    assert "running" not in open_queue(url).counts()  # the job it ran when stopped went back
 
 
 def test_secret_in_a_queue_url_is_refused(tmp_path: Path, capsys: Any) -> None:
@@ -281,3 +282,73 @@ def test_values_with_sql_metacharacters_are_stored_verbatim(tmp_path: Path) -> N
     queue.add([NewJob(evil, evil, evil, evil, evil, 0, 1, 1.0, 0.0)])
     (job,) = queue.jobs_of(sweep_id=evil)
     assert (job.key, job.run_id, job.label) == (evil, evil, evil)
+
+
+def test_workers_run_a_docker_sweep_that_the_table_reads(
+    docker_client: Any, make_repo: Any, runs_root: Path, tmp_path: Path, capsys: Any
+) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"sweep": {"train.train_seed": [1, 2, 3]}})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    assert main(["worker", "--queue", url, "-j", "2"]) == 0
+    assert open_queue(url).counts() == {"succeeded": 3}
+    records = [read_record(p) for p in runs_root.iterdir() if (p / "run.json").exists()]
+    assert {r["status"] for r in records} == {"succeeded"} and {r["backend"] for r in records} == {"local"}
+    assert len({r["image"]["image_id"] for r in records}) == 1  # one image, built once, cached after
+    assert all(r["container_id"] and r["attempts"][0]["worker"] for r in records)
+    assert sorted(
+        json.loads((runs_root / r["run_id"] / "config.json").read_text())["train"]["train_seed"] for r in records
+    ) == [1, 2, 3]
+    capsys.readouterr()
+    assert main(["table", "--runs-root", str(runs_root), "--rows", "train.train_seed", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["cells"]) == 3
+
+
+def test_cancel_a_scheduled_run_while_a_worker_runs_it(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process", "queue": {"lease": "1.5s"}}, {"mode": "sleep", "seconds": 60})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    worker = _worker(url, dict(os.environ))
+    _wait(lambda: _status(run) == "running", "the run to start")
+    assert main(["cancel", run.name, "--queue", url]) == 0
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    record = read_record(run)
+    assert (record["status"], record["reason"]) == ("cancelled", "cancelled by user")
+    (job,) = open_queue(url).jobs_of()
+    assert (job.state, job.attempt) == ("cancelled", 1)
+
+
+def test_a_slurm_array_of_workers_drains_a_postgresql_queue(
+    slurm: Any, postgres: Any, make_repo: Any, runs_root: Path
+) -> None:
+    url = postgres.create_database(f"q_slurm_{os.getpid()}")
+    repo = make_repo(
+        {"backend": "process", "sweep": {"train.train_seed": [1, 2, 3, 4]}}, {"mode": "sleep", "seconds": 1}
+    )
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    logs = runs_root / "worker-logs"
+    logs.mkdir()
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--array=0-1",
+            "--output",
+            str(logs / "%A_%a.out"),
+            "--wrap",
+            f"{sys.executable} -m expman worker --queue {url}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **slurm.environ},
+    )
+    job_id = submitted.stdout.strip()
+    _wait(lambda: open_queue(url).counts() == {"succeeded": 4}, "the array to drain the queue", timeout_s=180)
+    records = [read_record(p) for p in runs_root.iterdir() if (p / "run.json").exists()]
+    workers = {r["attempts"][0]["worker"] for r in records}
+    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 4
+    assert len(workers) >= 1 and all(r["attempts"][0]["environment"].get("SLURM_JOB_ID") for r in records)
+    _wait(lambda: len(list(logs.glob(f"{job_id}_*.out"))) == 2, "both array tasks to write their logs")
