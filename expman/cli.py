@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs_root(p)
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or unique prefixes")
     p.add_argument("--sweep", metavar="ID", help="every job of this sweep in the queue")
-    p.add_argument("--queue", metavar="URL", help="the queue of --sweep and of scheduled runs (default: EXPMAN_QUEUE)")
+    p.add_argument(
+        "--queue", metavar="URL", help="the queue of --sweep (default: EXPMAN_QUEUE); a scheduled run's is recorded"
+    )
 
     p = commands.add_parser("table", help="aggregate runs into a table (mean ± std over seeds)")
     _add_runs_root(p)
@@ -366,7 +368,7 @@ def cmd_cancel(args: argparse.Namespace, argv: list[str], console: Console) -> i
     for run in [find_run(root, ref) for ref in args.runs]:
         before = load_record(run)
         if before.queue is not None and not before.final:
-            cancelled, asked = queue_cli.cancel_queued_run(run, root, args)
+            cancelled, asked = queue_cli.cancel_queued_run(run, args.queue or before.queue["url"])
             state = "cancelled" if cancelled else "asked to stop (its worker stops it)" if asked else before.status
             console.print(f"{run.run_id} {state}", markup=False)
             continue

@@ -211,14 +211,9 @@ def _clock(seconds: float | None) -> str:
 
 
 def cancel_sweep(args: argparse.Namespace, console: Console, root: Path) -> int:
-    queue = open_from_args(args, root)
-    try:
-        cancelled, asked = queue.cancel(sweep_id=args.sweep)
-    finally:
-        queue.close()
-    _mark_runs(cancelled, RUN_CANCELLED, "cancelled by user before start")
+    cancelled, asked = _cancel(queue_url(args.queue, root, os.environ), sweep_id=args.sweep)
     console.print(
-        f"sweep {args.sweep}: {len(cancelled)} pending jobs cancelled, {len(asked)} running jobs asked to stop "
+        f"sweep {args.sweep}: {cancelled} pending jobs cancelled, {asked} running jobs asked to stop "
         "(their workers stop them at the next heartbeat)",
         markup=False,
         soft_wrap=True,
@@ -226,11 +221,15 @@ def cancel_sweep(args: argparse.Namespace, console: Console, root: Path) -> int:
     return 0
 
 
-def cancel_queued_run(run: RunDir, root: Path, args: argparse.Namespace) -> tuple[int, int]:
-    """Cancel one scheduled run through its queue: (cancelled, asked to stop)."""
-    queue = open_from_args(args, root)
+def cancel_queued_run(run: RunDir, url: str) -> tuple[int, int]:
+    """Cancel one scheduled run through the queue its record names: (cancelled, asked to stop)."""
+    return _cancel(url, run_id=run.run_id)
+
+
+def _cancel(url: str, sweep_id: str | None = None, run_id: str | None = None) -> tuple[int, int]:
+    queue = open_queue(url)
     try:
-        cancelled, asked = queue.cancel(run_id=run.run_id)
+        cancelled, asked = queue.cancel(sweep_id=sweep_id, run_id=run_id)
     finally:
         queue.close()
     _mark_runs(cancelled, RUN_CANCELLED, "cancelled by user before start")

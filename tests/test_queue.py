@@ -135,9 +135,7 @@ class TestQueueContract:
     def test_worker_killed_mid_job_reruns_once_and_records_once(
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:
-        repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": 3})
-        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
-        (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+        run = _schedule_sleeper(make_repo, runs_root, queue_url, seconds=3)
         first = _worker(queue_url, dict(os.environ))
         _wait(lambda: _status(run) == "running", "the first attempt to run")
         orphan = read_record(run)["pid"]
@@ -160,9 +158,7 @@ class TestQueueContract:
     def test_a_stopped_worker_that_comes_back_cannot_record(
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:
-        repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": 4})
-        assert main(["schedule", "-C", str(repo.path), "--queue", queue_url]) == 0
-        (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+        run = _schedule_sleeper(make_repo, runs_root, queue_url, seconds=4)
         stale = _worker(queue_url, dict(os.environ))
         _wait(lambda: _status(run) == "running", "the first attempt to run")
         os.kill(stale.pid, signal.SIGSTOP)
@@ -198,6 +194,14 @@ class TestQueueContract:
         assert main(["retry", "--failed", "--queue", queue_url]) == 0
         assert read_record(run)["status"] == "queued"
         assert open_queue(queue_url).counts() == {"pending": 1}
+
+
+def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float) -> Path:
+    """One scheduled run of a program that sleeps, with a short lease; its run directory."""
+    repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": seconds})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    return run
 
 
 def _lock_all_pending(url: str) -> Any:
