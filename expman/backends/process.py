@@ -128,11 +128,17 @@ class ProcessExecution(Execution):
                     key.fileobj.close()  # type: ignore[union-attr]
 
     def _reap(self) -> None:
-        pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
-        if pid:
-            self._status = (status, rusage)
-            self._proc.returncode = os.waitstatus_to_exitcode(status)
-            self._close_pidfd()
+        # A cancel arriving as wait4 returns must not lose the status of the reaped child:
+        # the signal waits until the status is kept.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
+            if pid:
+                self._status = (status, rusage)
+                self._proc.returncode = os.waitstatus_to_exitcode(status)
+                self._close_pidfd()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def _pipes_closed(self) -> bool:
         return all(key.data is None for key in self._selector.get_map().values())
