@@ -56,6 +56,7 @@ from .record import (
     FAILED as RUN_FAILED,
 )
 from .record import (
+    LOST,
     QUEUED,
     RUNNING,
     RunRecord,
@@ -197,7 +198,7 @@ class Worker:
         (recorded failed)."""
         with record_lock(run):
             record = load_record(run)
-            if record.status == RUNNING and record.host == hostname():
+            if record.status in (RUNNING, LOST) and record.host == hostname():
                 backend.stop_orphan(record)
             if record.attempts and "ended_at" not in record.attempts[-1]:
                 record.attempts[-1].update(

@@ -141,6 +141,8 @@ class TestQueueContract:
         orphan = read_record(run)["pid"]
         first.kill()  # kill -9: no heartbeat, no record; its program runs on as an orphan
         first.communicate()
+        assert main(["runs", "--runs-root", str(runs_root)]) == 0
+        assert _status(run) == "running"  # not "lost": the queue owns it, and its lease is running out
         time.sleep(2.5)  # the lease expires
         second = _worker(queue_url, dict(os.environ))
         output, _ = second.communicate(timeout=120)

@@ -117,10 +117,11 @@ class Backend(abc.ABC):
     def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
         """Update the records of runs that are not final from their real state; returns warnings.
 
-        Here: a run whose following process (on this host) is gone is lost.
+        Here: a run whose following process (on this host) is gone is lost, unless a job
+        queue owns the run (its lease expires and another worker runs it again).
         """
         for run, record in runs:
-            if record.status == RUNNING and _supervisor_gone(record):
+            if record.status == RUNNING and record.queue is None and _supervisor_gone(record):
                 pid = (record.supervisor or {}).get("pid")
                 record.mark_ended(LOST, datetime.now(UTC), reason=f"the process following the run (pid {pid}) is gone")
                 save_record(run, record)
