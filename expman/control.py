@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .backends import make_backend
-from .backends.ssh import SSHBackend, SyncResult
 from .errors import UsageError
 from .record import RunRecord, load_record
 from .rundir import RunDir
+
+if TYPE_CHECKING:
+    from .backends.ssh import SyncResult
 
 
 def refresh(runs: list[RunDir], environ: Mapping[str, str]) -> tuple[list[RunRecord], list[str]]:
@@ -48,6 +51,8 @@ def sync(run: RunDir, environ: Mapping[str, str]) -> tuple[RunRecord, SyncResult
     record = load_record(run)
     if record.remote is None:
         raise UsageError(f"run {run.run_id} ran on the {record.backend} backend; only ssh runs need syncing")
+    from .backends.ssh import SSHBackend
+
     backend = make_backend("ssh", environ)
     assert isinstance(backend, SSHBackend)
     try:
@@ -60,6 +65,8 @@ def sync(run: RunDir, environ: Mapping[str, str]) -> tuple[RunRecord, SyncResult
 def follow(run: RunDir, environ: Mapping[str, str]) -> bool:
     """Stream a remote run's output until it ends, then sync it; False if it had ended."""
     record = load_record(run)
+    from .backends.ssh import SSHBackend
+
     backend = make_backend("ssh", environ)
     assert isinstance(backend, SSHBackend)
     try:

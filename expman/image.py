@@ -12,14 +12,13 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import docker
-import docker.errors
-import requests
+from typing import TYPE_CHECKING, Any
 
 from .errors import BuildError, DockerUnavailableError
 from .redact import Redactor
+
+if TYPE_CHECKING:
+    import docker
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
@@ -32,6 +31,9 @@ def docker_host(environ: Mapping[str, str]) -> str:
 def connect(environ: Mapping[str, str], base_url: str | None = None, shown: str | None = None) -> docker.DockerClient:
     """A client for the engine named by DOCKER_HOST (or ``base_url``), checked with a ping;
     ``shown`` names the engine in errors."""
+    import docker  # here, not at the top: the Docker SDK takes a quarter of a second to import
+    import requests
+
     url = base_url or docker_host(environ)
     shown = shown or Redactor(environ).text(url)
     try:
@@ -77,6 +79,9 @@ def build_image(
 
     The build output is written to ``log_path`` as it arrives; ``on_step`` sees each step.
     """
+    import docker
+    import requests
+
     last_lines: list[str] = []
     image_id = None
     with open(context_tar, "rb") as context, open(log_path, "w", encoding="utf-8") as log:

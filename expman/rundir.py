@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -107,10 +108,15 @@ def write_json_atomic(path: Path, data: Any, durable: bool = True) -> None:
     write_bytes_atomic(path, json_bytes(data), durable)
 
 
-def json_bytes(data: Any) -> bytes:
-    """Indented JSON with sorted keys, UTF-8, ending in a newline (orjson: a record is written
-    several times per run, and thousands of runs make a sweep)."""
-    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+def json_bytes(data: Any, sort_keys: bool = True) -> bytes:
+    """Indented JSON, UTF-8, ending in a newline. orjson, as a record is written several times
+    per run and thousands of runs make a sweep; the standard library for what orjson refuses
+    (integers beyond 64 bits)."""
+    option = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    try:
+        return orjson.dumps(data, option=option)
+    except TypeError:
+        return (json.dumps(data, sort_keys=sort_keys, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:

@@ -19,14 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .backends import make_backend
-from .config import hash_config
 from .errors import UsageError
 from .progress import Reporter
 from .queue import NewJob, Queue
 from .record import RunRecord
 from .rundir import Clock, utc_now
-from .submission import Plan, create_runs, sweep_id
-from .sweep import Combination, effective_config
+from .submission import Plan, RunSpec, create_runs, run_specs, sweep_id
 
 
 @dataclass
@@ -36,8 +34,9 @@ class Scheduled:
     skipped: int
 
 
-def job_key(commit: str, document: dict, repeat: int) -> str:  # type: ignore[type-arg]
-    return hashlib.sha256(f"{commit}\n{hash_config(document)}\n{repeat}".encode()).hexdigest()
+def job_key(commit: str, config_hash: str, repeat: int) -> str:
+    """``config_hash`` is ``config.hash_config`` of the run's effective config."""
+    return hashlib.sha256(f"{commit}\n{config_hash}\n{repeat}".encode()).hexdigest()
 
 
 def schedule(
@@ -56,17 +55,19 @@ def schedule(
         )
     backend.check(plan)
     swept = len(plan.combinations) > 1
-    keys = {c.index: job_key(plan.commit, _document(plan, c, swept), c.repeat) for c in plan.combinations}
+    specs = run_specs(plan)
+    keys = {s.combination.index: job_key(plan.commit, s.config_hash, s.combination.repeat) for s in specs}
     live = queue.live_keys(list(keys.values()))
-    fresh = [c for c in plan.combinations if keys[c.index] not in live]
+    fresh = [s for s in specs if keys[s.combination.index] not in live]
 
-    def annotate(combination: Combination, record: RunRecord) -> None:
-        record.queue = {"url": queue.shown, "key": keys[combination.index]}
+    def annotate(spec: RunSpec, record: RunRecord) -> None:
+        record.queue = {"url": queue.shown, "key": keys[spec.combination.index]}
 
     runs = create_runs(plan, backend, argv, clock, reporter, fresh, annotate) if fresh else []
     settings = plan.config.settings.queue
     jobs = []
-    for combination, (run, _) in zip(fresh, runs, strict=True):
+    for spec, (run, _) in zip(fresh, runs, strict=True):
+        combination = spec.combination
         jobs.append(
             NewJob(
                 key=keys[combination.index],
@@ -88,7 +89,3 @@ def schedule(
         else:  # scheduled by someone else between our look and our insert
             shutil.rmtree(run.path, ignore_errors=True)
     return Scheduled(sweep_id(plan) if swept else None, records, len(plan.combinations) - len(records))
-
-
-def _document(plan: Plan, combination: Combination, swept: bool) -> dict:  # type: ignore[type-arg]
-    return effective_config(plan.config.document, combination) if swept else plan.config.document

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import getpass
-import json
 import os
 import platform
 import subprocess
@@ -36,7 +35,16 @@ from .image import dockerfile_hash, image_repository
 from .progress import Reporter
 from .record import CANCELLED, FAILED, QUEUED, GitInfo, ImageInfo, RunRecord, Submitter, load_record, save_record
 from .redact import strip_url_credentials
-from .rundir import Clock, RunDir, create_run_dir, link_or_copy, resolve_runs_root, utc_now, write_bytes_atomic
+from .rundir import (
+    Clock,
+    RunDir,
+    create_run_dir,
+    json_bytes,
+    link_or_copy,
+    resolve_runs_root,
+    utc_now,
+    write_bytes_atomic,
+)
 from .sweep import Combination, effective_config, expand_sweep
 
 DETACH_START_TIMEOUT_S = 120.0
@@ -152,29 +160,45 @@ def submit(
     return records
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One combination of a plan, with its effective config and that config's hash."""
+
+    combination: Combination
+    document: dict[str, Any]
+    config_hash: str
+
+
+def run_specs(plan: Plan) -> list[RunSpec]:
+    if len(plan.combinations) == 1:
+        return [RunSpec(plan.combinations[0], plan.config.document, plan.config.config_hash)]
+    documents = [effective_config(plan.config.document, c) for c in plan.combinations]
+    return [RunSpec(c, d, hash_config(d)) for c, d in zip(plan.combinations, documents, strict=True)]
+
+
 def create_runs(
     plan: Plan,
     backend: Backend,
     argv: list[str],
     clock: Clock,
     reporter: Reporter,
-    combinations: list[Combination] | None = None,
-    annotate: Callable[[Combination, RunRecord], None] | None = None,
+    specs: list[RunSpec] | None = None,
+    annotate: Callable[[RunSpec, RunRecord], None] | None = None,
 ) -> list[tuple[RunDir, RunRecord]]:
-    """One queued run directory per combination (default: all of the plan's), sharing one
-    archive; what every run records alike is gathered once. ``annotate`` adds to a record
-    before it is first written."""
-    combinations = plan.combinations if combinations is None else combinations
+    """One queued run directory per spec (default: all of the plan's), sharing one archive;
+    what every run records alike is gathered once. ``annotate`` adds to a record before it
+    is first written. The files are written without syncing each, then synced once."""
+    specs = run_specs(plan) if specs is None else specs
     swept = len(plan.combinations) > 1
     template = new_record(plan, RunDir(plan.runs_root / "-"), backend, argv, clock, plan.config.document)
     runs: list[tuple[RunDir, RunRecord]] = []
-    for combination in combinations:
+    for spec in specs:
+        combination = spec.combination
         run = create_run_dir(plan.runs_root, clock)
-        document = effective_config(plan.config.document, combination) if swept else plan.config.document
         record = dataclasses.replace(
             template,
             run_id=run.run_id,
-            config_hash=hash_config(document) if swept else template.config_hash,
+            config_hash=spec.config_hash,
             queued_at=clock().isoformat(),
             attempts=[],
             warnings=[],
@@ -189,25 +213,26 @@ def create_runs(
                 "label": combination.label,
             }
         if annotate is not None:
-            annotate(combination, record)
+            annotate(spec, record)
         try:
             if runs:
                 link_or_copy(runs[0][0].code_tar, run.code_tar)
             else:
                 write_archive(plan.repo, plan.commit, run.code_tar)
-            config_bytes = plan.config_bytes if not swept else _config_text(document)
-            write_bytes_atomic(run.config, config_bytes)
+            config_bytes = plan.config_bytes if not swept else _config_text(spec.document)
+            write_bytes_atomic(run.config, config_bytes, durable=False)
             save_record(run, record)
         except ExpmanError as exc:
             record.mark_ended(FAILED, clock(), reason=exc.message)
             save_record(run, record)
             raise
         runs.append((run, record))
-        if len(combinations) <= MAX_LISTED_RUNS:
+        if len(specs) <= MAX_LISTED_RUNS:
             where = f"run {run.run_id} at {run.path}"
             reporter.info(where if not swept else f"{where} ({combination.label})")
-    if len(combinations) > MAX_LISTED_RUNS:
-        reporter.info(f"{len(combinations)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
+    os.sync()  # every run directory on disk before anyone is told about it
+    if len(specs) > MAX_LISTED_RUNS:
+        reporter.info(f"{len(specs)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
     return runs
 
 
@@ -227,7 +252,7 @@ def _end_unstarted(runs: list[tuple[RunDir, RunRecord]], clock: Clock, exc: Base
 
 
 def _config_text(document: dict[str, Any]) -> bytes:
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    return json_bytes(document, sort_keys=False)
 
 
 def new_record(

@@ -353,8 +353,11 @@ def test_a_slurm_array_of_workers_drains_a_postgresql_queue(
     )
     job_id = submitted.stdout.strip()
     _wait(lambda: open_queue(url).counts() == {"succeeded": 4}, "the array to drain the queue", timeout_s=180)
-    records = [read_record(p) for p in runs_root.iterdir() if (p / "run.json").exists()]
+    runs = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    # the queue hears of an outcome first, then the record is written
+    _wait(lambda: {_status(p) for p in runs} == {"succeeded"}, "the last record to be written")
+    records = [read_record(p) for p in runs]
     workers = {r["attempts"][0]["worker"] for r in records}
-    assert {r["status"] for r in records} == {"succeeded"} and len(records) == 4
+    assert len(records) == 4
     assert len(workers) >= 1 and all(r["attempts"][0]["environment"].get("SLURM_JOB_ID") for r in records)
     _wait(lambda: len(list(logs.glob(f"{job_id}_*.out"))) == 2, "both array tasks to write their logs")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from expman.cli import main
+from expman.config import hash_config
 from expman.errors import ConfigError
 from expman.scheduling import job_key
 from expman.sweep import expand_sweep
@@ -91,13 +92,15 @@ def test_job_keys_ignore_key_order_and_number_spelling() -> None:
     commit = "a" * 40
     first = json.loads('{"train": {"lr": 0.1, "seed": 1}, "model": {"act": "relu"}}')
     same = json.loads('{"model": {"act": "relu"}, "train": {"seed": 1, "lr": 1e-1}}')
-    assert job_key(commit, first, 0) == job_key(commit, same, 0)
-    assert job_key(commit, first, 0) != job_key(commit, first, 1)  # another repeat
-    assert job_key(commit, first, 0) != job_key("b" * 40, first, 0)  # other code
+    assert job_key(commit, hash_config(first), 0) == job_key(commit, hash_config(same), 0)
+    assert job_key(commit, hash_config(first), 0) != job_key(commit, hash_config(first), 1)  # another repeat
+    assert job_key(commit, hash_config(first), 0) != job_key("b" * 40, hash_config(first), 0)  # other code
     as_text = json.loads('{"train": {"lr": "0.1", "seed": 1}, "model": {"act": "relu"}}')
-    assert job_key(commit, first, 0) != job_key(commit, as_text, 0)  # a string is not a number
+    assert job_key(commit, hash_config(first), 0) != job_key(
+        commit, hash_config(as_text), 0
+    )  # a string is not a number
     as_float = json.loads('{"train": {"lr": 0.1, "seed": 1.0}, "model": {"act": "relu"}}')
-    assert job_key(commit, first, 0) != job_key(commit, as_float, 0)  # nor is 1.0 the int 1
+    assert job_key(commit, hash_config(first), 0) != job_key(commit, hash_config(as_float), 0)  # nor is 1.0 the int 1
 
 
 def test_sweep_show_prints_every_combination(make_repo: Any, capsys: Any) -> None:
