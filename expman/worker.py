@@ -64,6 +64,7 @@ from .record import (
     record_lock,
     write_record_locked,
 )
+from .redact import Redactor
 from .rundir import RunDir, utc_now
 
 IDLE_POLL_S = 1.0
@@ -116,6 +117,8 @@ class Worker:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._backends: dict[str, Backend] = {}
+        self._reporter = Reporter(quiet=True)
+        self._environment = Redactor(environ).environment(environ)  # recorded with each attempt
 
     def run(self) -> int:
         """Claim and run jobs until none is left (or forever); the number of jobs run."""
@@ -220,7 +223,7 @@ class Worker:
                     "attempt": job.attempt,
                     "worker": self.id,
                     "host": hostname(),
-                    "environment": backend.redactor.environment(self.environ),  # the worker's, e.g. SLURM_JOB_ID
+                    "environment": self._environment,  # the worker's own, e.g. SLURM_JOB_ID
                     "started_at": datetime.now(UTC).isoformat(),
                 }
             )
@@ -236,7 +239,7 @@ class Worker:
         try:
             try:
                 with self._interruptions():
-                    backend.prepare(run, record, Reporter(quiet=True))
+                    backend.prepare(run, record, self._reporter)
                 return execute(
                     backend,
                     run,
@@ -319,12 +322,12 @@ class Worker:
                 woken = self._wake.wait(interval)
                 if self._closing.is_set():
                     return
-                if woken:  # another attempt (or none): its interval starts now
+                if woken:  # another attempt (or none): its interval starts now (no write: jobs may be short)
                     self._wake.clear()
+                    continue
                 try:
-                    attempt = self._attempt
                     queue.worker_beat(self.id, attempt.job.id if attempt else None, self._done)
-                    if woken or attempt is None or attempt.settled:
+                    if attempt is None or attempt is not self._attempt or attempt.settled:
                         continue
                     if not (attempt.lost or attempt.cancel):
                         state = queue.heartbeat(attempt.job)

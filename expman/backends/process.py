@@ -35,20 +35,28 @@ if TYPE_CHECKING:
 _POLL_S = 0.05
 
 
-def process_environment(environ: Mapping[str, str], record: RunRecord, run: RunDir) -> dict[str, str]:
+def _expman_variables(record: RunRecord, run: RunDir) -> dict[str, str]:
+    return {
+        "EXPMAN_RUN_ID": record.run_id,
+        "EXPMAN_OUTPUT_DIR": str(run.output),
+        "EXPMAN_CONFIG": str(run.config),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def base_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """This environment without secret-named variables, git's redirections and LC_ALL."""
     env = {k: v for k, v in git_environment(environ).items() if not is_secret_name(k)}
     env.pop("LC_ALL", None)
-    env.update(
-        EXPMAN_RUN_ID=record.run_id,
-        EXPMAN_OUTPUT_DIR=str(run.output),
-        EXPMAN_CONFIG=str(run.config),
-        PYTHONUNBUFFERED="1",
-    )
     return env
 
 
 class ProcessBackend(Backend):
     name = "process"
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(environ)
+        self._base_environment = base_environment(environ)  # once: a worker starts thousands of runs
 
     def describe(self, plan: Plan) -> dict[str, Any]:
         where = "<run>/code -> <runs_root>/.expman-code/<commit> (the archive, extracted once per commit)"
@@ -65,7 +73,7 @@ class ProcessBackend(Backend):
             proc = subprocess.Popen(
                 list(record.command),
                 cwd=run.path / CODE_DIR,
-                env=process_environment(self.environ, record, run),
+                env={**self._base_environment, **_expman_variables(record, run)},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
