@@ -405,14 +405,6 @@ class Queue:
         )
         return [Job(*row) for row in rows]
 
-    def sweeps(self) -> list[str]:
-        rows = self._run(
-            lambda: self._execute(
-                f"SELECT sweep_id FROM {self.jobs} WHERE sweep_id IS NOT NULL GROUP BY sweep_id ORDER BY MIN(id)"
-            ).fetchall()
-        )
-        return [row[0] for row in rows]
-
     def cancel(self, sweep_id: str | None = None, run_id: str | None = None) -> tuple[list[Job], list[Job]]:
         """Pending jobs (of a sweep, or one run's) become cancelled; running ones are asked to
         stop (their worker sees it at its next heartbeat). Returns (cancelled, asked)."""
