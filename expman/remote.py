@@ -17,7 +17,7 @@ import socket
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -260,17 +260,23 @@ class _DockerTunnel:
 
 
 def _bridge(local: socket.socket, channel: paramiko.Channel) -> None:
-    """Both directions until both have ended, then close both ends."""
-    upstream = threading.Thread(target=_pump, args=(local, channel), daemon=True)
+    """Both directions until both have ended, then close both ends.
+
+    The client's end of the socket closes the whole channel rather than half-closing it:
+    paramiko sends a half-close outside its channel lock, so one racing the host's close of
+    a finished request could reach sshd after the channel was freed, and sshd then drops
+    the whole connection ("ieof packet referred to nonexistent channel").
+    """
+    upstream = threading.Thread(target=_pump, args=(local, channel, channel.close), daemon=True)
     upstream.start()
-    _pump(channel, local)
+    _pump(channel, local, lambda: local.shutdown(socket.SHUT_WR))
     upstream.join()
     channel.close()
     local.close()
 
 
-def _pump(source: Any, target: Any) -> None:
-    """Copy bytes one way until EOF; then half-close the other side."""
+def _pump(source: Any, target: Any, end: Callable[[], None]) -> None:
+    """Copy bytes one way until EOF; then ``end`` the other side."""
     try:
         while True:
             data = source.recv(_CHUNK)
@@ -280,9 +286,6 @@ def _pump(source: Any, target: Any) -> None:
     except (OSError, EOFError, paramiko.SSHException):
         pass
     try:
-        if isinstance(target, paramiko.Channel):
-            target.shutdown_write()
-        else:
-            target.shutdown(socket.SHUT_WR)
+        end()
     except (OSError, EOFError):
         pass

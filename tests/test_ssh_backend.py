@@ -16,7 +16,7 @@ import pytest
 from expman import errors
 from expman.cli import main
 
-from .conftest import only_run, read_record
+from .conftest import BASE_IMAGE, only_run, read_record
 from .helpers import submit, wait_for_status
 
 
@@ -64,6 +64,30 @@ def test_remote_submit_run_sync_and_table(remote_repo, sshd, runs_root, docker_c
     capsys.readouterr()
     assert main(["table", "--value", "results.accuracy", "--format", "csv", "--rows", "train.train_seed"]) == 0
     assert "0.9" in capsys.readouterr().out
+
+
+def test_one_connection_carries_many_docker_requests(sshd, docker_client):
+    """Each Docker request is its own SSH channel; hundreds of them, each ending as the host
+    closes it, must never make sshd drop the connection."""
+    from expman.config import HostSettings
+    from expman.remote import connect
+
+    settings = HostSettings(
+        name="box",
+        user=sshd.user,
+        hostname="127.0.0.1",
+        port=sshd.port,
+        runs_root="~",
+        identity_file=str(sshd.identity_file),
+        known_hosts=str(sshd.known_hosts),
+    )
+    with connect(settings) as host:
+        engine = host.docker({})
+        for _ in range(100):
+            engine.api.ping()
+            engine.containers.list(all=True, limit=1)
+            engine.images.get(BASE_IMAGE)
+        assert host.alive
 
 
 def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo, sshd, runs_root, capsys):
