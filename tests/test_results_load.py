@@ -15,6 +15,7 @@ from expman.errors import ConfigError, UsageError
 from expman.results import load_runs, load_scalars, read_results
 from expman.results import loader as loader_module
 from expman.results.cache import CACHE_DIR
+from expman.results.loader import UNCACHED_BYTES
 
 from .results_helpers import make_run, scalars, write_events
 
@@ -142,6 +143,16 @@ def test_the_cache_reparses_only_what_changed(runs_root, monkeypatch):
     # only the two changed runs are read again (a run's row is one cache entry)
     changed = {runs[2] / "output", runs[2] / "output" / "results.json", runs[3] / "output" / "results.json"}
     assert set(parsed) == changed
+
+
+def test_small_runs_are_parsed_afresh_and_big_ones_cached(runs_root):
+    small = make_run(runs_root, CONFIG, {"score": 1})
+    big = make_run(runs_root, CONFIG, {"score": 2, "notes": "x" * UNCACHED_BYTES})
+    assert load_runs(runs_root)["results.score"].tolist() == [1, 2]
+    entries = [p.name for p in (runs_root / CACHE_DIR).rglob("*.row")]
+    assert entries == [f"{big.name}.row"], entries
+    assert load_runs(runs_root)["results.score"].tolist() == [1, 2]
+    assert not [p for p in (runs_root / CACHE_DIR).rglob("*") if p.name.startswith(small.name)]
 
 
 def _load_in_child(root, queue):

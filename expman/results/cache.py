@@ -1,5 +1,6 @@
 """A cache of parsed results under ``<runs_root>/.expman-cache``, so that reloading
-thousands of unchanged runs parses nothing.
+thousands of unchanged runs parses nothing. Runs small enough to parse faster than an entry
+is read get no entry (``loader.UNCACHED_BYTES``).
 
 Every entry stores the signature it was made from (paths, sizes and mtimes of the files
 it read, and the options that shaped it) and is used only while that still matches.

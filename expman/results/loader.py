@@ -37,6 +37,9 @@ RECORD_FIELDS = (
     *("exit_code", "oom_killed", "peak_memory_bytes", "config_hash"),
 )
 GIT_FIELDS = {"commit": "commit", "branch": "branch", "subject": "subject"}
+# A run with no event files and less results.json and stdout than this is parsed afresh each
+# time: that is as quick as reading a cache entry, and writing one per run would cost more.
+UNCACHED_BYTES = 64 * 1024
 
 
 @dataclass
@@ -140,9 +143,11 @@ def _derived(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...],
     if patterns is None:
         patterns = compile_patterns(_run_patterns(info.config))
     files = event_files(run.output) if stats else []
-    inputs = [p for p in (run.output / "results.json", run.stdout_log) if p.exists()]
+    inputs = file_signature([p for p in (run.output / "results.json", run.stdout_log) if p.exists()], run.path)
+    if not files and sum(size for _, size, _ in inputs) < UNCACHED_BYTES:
+        return _compute_derived(info, store, patterns, files, stats, keep, check)
     signature = [
-        file_signature(inputs, run.path),
+        inputs,
         file_signature(files, run.output),
         {name: regex.pattern for name, regex in patterns.items()},
         list(stats),
@@ -191,10 +196,12 @@ def _check_keep(keep: str) -> None:
 def scalar_source(
     info: RunInfo, store: Cache, keep: str, check: bool, files: list[Path] | None = None, in_memory: bool = True
 ) -> RunScalars | CachedScalars:
-    """The run's scalars: from the cache when fresh, else parsed and cached. With
-    ``in_memory=False`` a freshly parsed run is handed back as its cache entry, so that
-    the parsed arrays need not stay in memory."""
+    """The run's scalars: from the cache when fresh, else parsed and cached (a run without
+    event files gets no entry). With ``in_memory=False`` a freshly parsed run is handed back
+    as its cache entry, so that the parsed arrays need not stay in memory."""
     files = event_files(info.run.output) if files is None else files
+    if not files:
+        return read_run_scalars(info.run.output, files, keep, check)
     signature = [file_signature(files, info.run.output), check]
     kind = f"scalars-{keep}"
     cached = store.get_scalars(info.run_id, kind, signature)
