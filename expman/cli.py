@@ -24,7 +24,6 @@ from .gitguard import find_repository
 from .progress import Reporter
 from .record import CANCELLED, FAILED, FINAL_STATUSES, LOST, STATUSES, SUCCEEDED, RunRecord, load_record
 from .rundir import RunDir, find_run, list_runs, resolve_runs_root
-from .submission import describe_plan, plan_submission, submit
 from .table_cli import add_arguments as add_table_arguments
 from .table_cli import run as run_table
 
@@ -148,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    from .submission import describe_plan, plan_submission, submit  # only here: other commands start faster
+
     environ = dict(os.environ)
     overrides = {k: v for k, v in (("signal", args.signal), ("requeue", args.requeue)) if v is not None}
     plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host, overrides)

@@ -11,10 +11,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources as importlib_resources
 from typing import Any
-
-import jsonschema
 
 from .errors import ConfigError
 from .results.stdout import compile_patterns
@@ -169,7 +168,7 @@ class ExperimentConfig:
     document: dict[str, Any]
     settings: ExpmanSettings
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
         return hash_config(self.document)
 
@@ -298,6 +297,8 @@ def _check_known_keys(section: dict[str, Any], known: dict[str, Any], where: str
 
 
 def _validate(instance: Any, schema: dict[str, Any], where: str) -> None:
+    import jsonschema  # here, not at the top: commands that only read records start faster
+
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
     if error is not None:
@@ -312,6 +313,8 @@ def _expman_schema() -> dict[str, Any]:
 
 
 def _load_project_schema(text: bytes) -> dict[str, Any]:
+    import jsonschema
+
     try:
         schema = json.loads(text)
         jsonschema.Draft202012Validator.check_schema(schema)

@@ -1,6 +1,7 @@
 """Commands of sweeps and the job queue: sweep --show, schedule, worker, status, retry, and
 cancel --sweep. Argument parsing and output only; the work is in sweep, scheduling,
-worker and queue."""
+worker and queue. What only sweep and schedule need (submission, the config's schema) is
+imported there, so that workers and status start quickly."""
 
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ from .queue import CANCELLED, FAILED, JOB_STATES, PENDING, RUNNING, SUCCEEDED, J
 from .record import CANCELLED as RUN_CANCELLED
 from .record import QUEUED, load_record, record_lock, write_record_locked
 from .rundir import RunDir, utc_now
-from .scheduling import schedule
-from .submission import config_at, plan_submission
 from .sweep import expand_sweep
 from .worker import run_workers
 
@@ -83,6 +82,8 @@ def open_from_args(args: argparse.Namespace, runs_root: Path) -> Queue:
 
 
 def cmd_sweep(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    from .submission import config_at
+
     repo = find_repository(args.repo)
     if args.commit_hash:
         config = config_at(repo, args.commit_hash)
@@ -121,6 +122,9 @@ def _read_optional(path: Path) -> bytes | None:
 
 
 def cmd_schedule(args: argparse.Namespace, argv: list[str], console: Console) -> int:
+    from .scheduling import schedule
+    from .submission import plan_submission
+
     environ = dict(os.environ)
     plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host)
     queue = open_from_args(args, plan.runs_root)

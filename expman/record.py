@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -154,16 +153,21 @@ def write_record_locked(run: RunDir, record: RunRecord) -> None:
     synced to disk before it replaces the old one: a crash may lose the latest passing state
     (queued, running), never how a run ended."""
     try:
-        if record.cancel_requested_at is None and run.record.exists():
-            try:
-                record.cancel_requested_at = json.loads(run.record.read_text()).get("cancel_requested_at")
-            except ValueError:
-                pass
+        if record.cancel_requested_at is None:
+            record.cancel_requested_at = _cancel_requested_at(run)
         write_json_atomic(run.record, record.to_dict(), durable=record.final)
     except OSError as exc:
         raise RecordError(
             f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
         ) from None
+
+
+def _cancel_requested_at(run: RunDir) -> str | None:
+    """A cancel request that ``expman cancel`` wrote into the current run.json, if any."""
+    try:
+        return orjson.loads(run.record.read_bytes()).get("cancel_requested_at")
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def load_record(run: RunDir) -> RunRecord:

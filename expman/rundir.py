@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -32,41 +33,43 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class RunDir:
+    """A run's paths, each made once (a table of thousands of runs asks for them often)."""
+
     path: Path
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
-    @property
+    @cached_property
     def record(self) -> Path:
         return self.path / "run.json"
 
-    @property
+    @cached_property
     def config(self) -> Path:
         return self.path / "config.json"
 
-    @property
+    @cached_property
     def code_tar(self) -> Path:
         return self.path / "code.tar"
 
-    @property
+    @cached_property
     def logs(self) -> Path:
         return self.path / "logs"
 
-    @property
+    @cached_property
     def output(self) -> Path:
         return self.path / "output"
 
-    @property
+    @cached_property
     def stdout_log(self) -> Path:
         return self.logs / "stdout.log"
 
-    @property
+    @cached_property
     def stderr_log(self) -> Path:
         return self.logs / "stderr.log"
 
-    @property
+    @cached_property
     def build_log(self) -> Path:
         return self.logs / "build.log"
 
@@ -78,12 +81,14 @@ def new_run_id(now: datetime) -> str:
 
 def create_run_dir(runs_root: Path, clock: Clock = utc_now) -> RunDir:
     """Claim a fresh run directory atomically (mkdir fails if another submit took the id)."""
-    runs_root.mkdir(parents=True, exist_ok=True)
     for _ in range(_CLAIM_ATTEMPTS):
         path = runs_root / new_run_id(clock())
         try:
             path.mkdir()
         except FileExistsError:
+            continue
+        except FileNotFoundError:  # the first run of a new runs root
+            runs_root.mkdir(parents=True, exist_ok=True)
             continue
         run = RunDir(path)
         run.logs.mkdir()
@@ -133,6 +138,16 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sync_paths(*paths: Path) -> None:
+    """fsync files or directories (a directory's sync keeps the entries made in it)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def link_or_copy(source: Path, target: Path) -> None:

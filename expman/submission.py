@@ -42,6 +42,7 @@ from .rundir import (
     json_bytes,
     link_or_copy,
     resolve_runs_root,
+    sync_paths,
     utc_now,
     write_bytes_atomic,
 )
@@ -187,7 +188,9 @@ def create_runs(
 ) -> list[tuple[RunDir, RunRecord]]:
     """One queued run directory per spec (default: all of the plan's), sharing one archive;
     what every run records alike is gathered once. ``annotate`` adds to a record before it
-    is first written. The files are written without syncing each, then synced once."""
+    is first written. Only the archive and the runs root's directory are synced (once), not
+    each run's files: a crash may lose a queued run, as any passing state, but syncing the
+    whole filesystem would make a schedule wait for everyone else's writes too."""
     specs = run_specs(plan) if specs is None else specs
     swept = len(plan.combinations) > 1
     template = new_record(plan, RunDir(plan.runs_root / "-"), backend, argv, clock, plan.config.document)
@@ -230,7 +233,8 @@ def create_runs(
         if len(specs) <= MAX_LISTED_RUNS:
             where = f"run {run.run_id} at {run.path}"
             reporter.info(where if not swept else f"{where} ({combination.label})")
-    os.sync()  # every run directory on disk before anyone is told about it
+    if runs:  # the shared archive and the new entries on disk; records stay unsynced, as queued states are
+        sync_paths(runs[0][0].code_tar, plan.runs_root)
     if len(specs) > MAX_LISTED_RUNS:
         reporter.info(f"{len(specs)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
     return runs

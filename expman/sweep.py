@@ -16,7 +16,6 @@ slowest, so a partly finished sweep has covered the whole grid before any repeat
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -156,13 +155,20 @@ def _merge(parts: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 
 def effective_config(document: dict[str, Any], combination: Combination) -> dict[str, Any]:
-    """The document with this combination's values set and the "sweep" key dropped."""
-    result = copy.deepcopy(document)
-    result.get(SECTION, {}).pop("sweep", None)
+    """The document with this combination's values set and the "sweep" key dropped. Only the
+    objects on the way to a swept key are copied; the rest is shared with ``document`` (a
+    sweep of thousands need not copy it thousands of times), so treat the result as read-only."""
+    result = dict(document)
+    if isinstance(result.get(SECTION), dict):
+        result[SECTION] = {k: v for k, v in result[SECTION].items() if k != "sweep"}
+    copied = {id(result)}
     for key, value in combination.values.items():
         *parents, leaf = key.split(".")
         node = result
         for part in parents:
+            if id(node[part]) not in copied:
+                node[part] = dict(node[part])
+                copied.add(id(node[part]))
             node = node[part]
         node[leaf] = value
     return result

@@ -182,25 +182,30 @@ class Worker:
             self.queue.finish(job, FAILED, error)
             self._say(f"{tag}: {error}")
             return
-        name = self.backend_name or load_record(run).backend
-        backend = self._backends.get(name) or self._backends.setdefault(name, make_backend(name, self.environ))
         try:
-            record = self._begin(run, job, backend)
-            if record is None:
+            begun = self._begin(run, job)
+            if begun is None:
                 self._say(f"{tag}: failed; its worker went silent on the last of {job.max_attempts} attempts")
                 return
+            record, backend = begun
             self._say(f"{tag}/{job.max_attempts} started")
             record = self._execute(run, record, job, backend)
             self._say(f"{tag}: {record.status}" + (f" ({record.reason})" if record.reason else ""))
         except StaleAttemptError as exc:
             self._say(f"{tag}: {exc.message}")
 
-    def _begin(self, run: RunDir, job: Job, backend: Backend) -> RunRecord | None:
+    def _backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            self._backends[name] = make_backend(name, self.environ)
+        return self._backends[name]
+
+    def _begin(self, run: RunDir, job: Job) -> tuple[RunRecord, Backend] | None:
         """Append this attempt to the record (written when the program starts); stop what an
-        earlier, silent attempt left running here. None if the job has no attempts left
-        (recorded failed)."""
+        earlier, silent attempt left running here. The record and the backend to run it on;
+        None if the job has no attempts left (recorded failed)."""
         with record_lock(run):
             record = load_record(run)
+            backend = self._backend(self.backend_name or record.backend)
             if record.status in (RUNNING, LOST) and record.host == hostname():
                 backend.stop_orphan(record)
             if record.attempts and "ended_at" not in record.attempts[-1]:
@@ -231,7 +236,7 @@ class Worker:
             record.started_at = record.ended_at = record.duration_s = record.exit_code = None
             record.pid = record.container_id = None
             record.oom_killed = record.peak_memory_bytes = None
-        return record  # written once the program runs (or the attempt fails before)
+        return record, backend  # the record is written once the program runs (or the attempt fails before)
 
     def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
         attempt = self._attempt = _Attempt(job)

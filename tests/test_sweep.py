@@ -11,7 +11,7 @@ from expman.cli import main
 from expman.config import hash_config
 from expman.errors import ConfigError
 from expman.scheduling import job_key
-from expman.sweep import expand_sweep
+from expman.sweep import effective_config, expand_sweep
 
 DOC = {
     "expman": {"command": ["x"]},
@@ -40,6 +40,18 @@ def test_the_patas_readme_grid_is_3000_tasks() -> None:
     assert (combos[299].repeat, combos[300].repeat, combos[300].values) == (0, 1, combos[0].values)  # repeats slowest
     assert combos[300].label == "model.neurons=1 model.prep='fast' model.act='relu' #1"
     assert [c.index for c in combos] == list(range(3000))
+
+
+def test_effective_configs_set_their_values_and_leave_the_document_alone() -> None:
+    document = {**DOC, "expman": {"command": ["x"], "sweep": {"model.neurons": [2, 3], "model.act": ["tanh"]}}}
+    before = json.dumps(document, sort_keys=True)
+    configs = [effective_config(document, c) for c in expand_sweep(document)]
+    assert [c["model"] for c in configs] == [
+        {"neurons": 2, "act": "tanh", "prep": "fast"},
+        {"neurons": 3, "act": "tanh", "prep": "fast"},
+    ]
+    assert all(c["expman"] == {"command": ["x"]} and c["train"] == DOC["train"] for c in configs)
+    assert json.dumps(document, sort_keys=True) == before
 
 
 def test_ranges_are_exact() -> None:
