@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -155,6 +156,12 @@ def make_repo(work: Path, repeat: int) -> Repo:
     return repo
 
 
+def _children_cpu() -> float:
+    """CPU seconds of every finished descendant (patas' ssh-started tasks are not among them)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
@@ -169,11 +176,17 @@ def main() -> int:
     times: dict[str, list[float]] = {"floor": [], "patas": [], "expman": []}
     for round_ in range(args.rounds):
         for name in ("floor", "patas", "expman") if round_ % 2 == 0 else ("expman", "patas", "floor"):
+            before = _children_cpu()
             elapsed = {"floor": lambda: floor(work, args.repeat), "patas": lambda: patas(work, args.repeat)}.get(
                 name, lambda: expman(work, repo, args.repeat)
             )()
+            cpu = _children_cpu() - before
             times[name].append(elapsed)
-            print(f"round {round_ + 1} {name:6}: {elapsed:6.2f}s ({elapsed / n * 1000:.2f} ms per task)", flush=True)
+            print(
+                f"round {round_ + 1} {name:6}: {elapsed:6.2f}s ({elapsed / n * 1000:.2f} ms per task; "
+                f"CPU {cpu / n * 1000:.2f} ms per task)",
+                flush=True,
+            )
     base = statistics.median(times["floor"])
     print(f"\n{n} tasks, {WORKERS} workers, median of {args.rounds} round(s)\n")
     print("| way | seconds | ms per task | vs floor |\n|---|---|---|---|")
