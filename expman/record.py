@@ -10,16 +10,15 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .errors import RecordError
-from .rundir import RunDir, write_json_atomic
+from .rundir import RunDir, json_bytes, stage_bytes, write_json_atomic
 
 SCHEMA_VERSION = 1
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = "queued", "running", "succeeded", "failed", "cancelled", "lost"
@@ -125,16 +124,40 @@ class RunRecord:
 _FIELDS = dataclasses.fields(RunRecord)
 
 
-@contextmanager
-def record_lock(run: RunDir) -> Iterator[None]:
-    """Serialize writers of one run.json: the submitter, a Slurm node, ``expman cancel``.
-    The lock is taken on the run directory itself, so the directory holds no lock file."""
-    fd = os.open(run.path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+class RecordLock:
+    """Serializes writers of one run.json: the submitter, a Slurm node, ``expman cancel``, a
+    worker. The lock is taken on the run directory itself, so the directory holds no lock
+    file. A ``with`` block releases it; so does ``release()``, for a lock handed on to the
+    thread that puts a final record in place."""
+
+    def __init__(self, run: RunDir) -> None:
+        self._fd: int | None = os.open(run.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self.release()
+            raise
+
+    def __enter__(self) -> RecordLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def hand_over(self) -> RecordLock:
+        """A new owner of this lock: leaving the ``with`` block no longer releases it."""
+        successor = RecordLock.__new__(RecordLock)
+        successor._fd, self._fd = self._fd, None
+        return successor
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def record_lock(run: RunDir) -> RecordLock:
+    return RecordLock(run)
 
 
 def save_record(run: RunDir, record: RunRecord) -> None:
@@ -156,6 +179,19 @@ def write_record_locked(run: RunDir, record: RunRecord) -> None:
         if record.cancel_requested_at is None:
             record.cancel_requested_at = _cancel_requested_at(run)
         write_json_atomic(run.record, record.to_dict(), durable=record.final)
+    except OSError as exc:
+        raise RecordError(
+            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
+        ) from None
+
+
+def stage_record_locked(run: RunDir, record: RunRecord) -> Path:
+    """``write_record_locked`` up to the rename: the record in a temporary file next to
+    run.json, for ``rundir.put_in_place`` to sync and rename while the lock is still held."""
+    if record.cancel_requested_at is None:
+        record.cancel_requested_at = _cancel_requested_at(run)
+    try:
+        return stage_bytes(run.record, json_bytes(record.to_dict()))
     except OSError as exc:
         raise RecordError(
             f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"

@@ -127,7 +127,7 @@ def json_bytes(data: Any, sort_keys: bool = True) -> bytes:
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file in the same directory, fsync (when ``durable``), then rename
     over ``path``: readers see the old or the new content, never a mix."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writing thread
+    tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -136,8 +136,34 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def stage_bytes(path: Path, data: bytes) -> Path:
+    """The first half of ``write_bytes_atomic``: ``data`` in a temporary file next to ``path``,
+    not synced; ``put_in_place`` finishes the write (from another thread, say)."""
+    tmp = _temporary(path)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def put_in_place(tmp: Path, path: Path) -> None:
+    """fsync a file staged by ``stage_bytes`` and rename it over ``path``."""
+    try:
+        sync_paths(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _temporary(path: Path) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"  # one per writing thread
 
 
 def sync_paths(*paths: Path) -> None:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import SimpleQueue
 from types import FrameType
 from typing import Any, TextIO
 
@@ -42,6 +43,7 @@ from .errors import (
     ConfigError,
     ExpmanError,
     LaunchError,
+    RecordError,
     StaleAttemptError,
     UnsafeArchiveError,
 )
@@ -59,15 +61,18 @@ from .record import (
     LOST,
     QUEUED,
     RUNNING,
+    RecordLock,
     RunRecord,
     load_record,
     record_lock,
+    stage_record_locked,
     write_record_locked,
 )
 from .redact import Redactor
-from .rundir import RunDir, utc_now
+from .rundir import RunDir, put_in_place, utc_now
 
-IDLE_POLL_S = 1.0
+IDLE_POLL_S = 1.0  # the longest wait between looks for claimable jobs
+FIRST_IDLE_POLL_S = 0.05  # the first wait: doubled up to IDLE_POLL_S while nothing is claimable
 WORKER_BEAT_S = WORKER_TTL_S / 3
 PERMANENT_ERRORS = (ConfigError, BuildError, LaunchError, UnsafeArchiveError)
 MAX_BACKOFF_S = 3600.0
@@ -115,6 +120,7 @@ class Worker:
         self._attempt: _Attempt | None = None
         self._done = 0
         self._wake = threading.Event()
+        self._next_beat = 0.0  # when the heartbeat thread looks next (monotonic)
         self._closing = threading.Event()
         self._backends: dict[str, Backend] = {}
         self._reporter = Reporter(quiet=True)
@@ -127,6 +133,8 @@ class Worker:
         self._say(f"worker {self.id} on {self.queue.shown}")
         beats = threading.Thread(target=self._heartbeats, daemon=True)
         beats.start()
+        self._finisher = _Finisher()
+        idle_s = FIRST_IDLE_POLL_S  # short at first: the last running jobs of a sweep may end any moment
         try:
             while not self._stopping:
                 try:
@@ -135,13 +143,18 @@ class Worker:
                         if job is None:
                             if not self.forever and not self.queue.waiting():
                                 break
-                            time.sleep(self.idle_poll_s)
+                            time.sleep(min(idle_s, self.idle_poll_s))
+                            idle_s *= 2
                             continue
+                    idle_s = FIRST_IDLE_POLL_S
                     self.run_job(job)
                     self._done += 1
+                    if self._finisher.error:
+                        break
                 except _Interrupted:
                     break
         finally:
+            self._finisher.close()
             self._closing.set()
             self._wake.set()
             beats.join()
@@ -151,6 +164,8 @@ class Worker:
                 backend.close()
             self.queue.unregister_worker(self.id)
             self.queue.close()
+        if self._finisher.error:
+            raise RecordError(self._finisher.error)
         self._say(f"worker {self.id} stopping after {self._done} jobs")
         return self._done
 
@@ -240,7 +255,8 @@ class Worker:
 
     def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
         attempt = self._attempt = _Attempt(job)
-        self._wake.set()  # the lease was just taken: the next beat is due in lease/3
+        if time.monotonic() + _beat_interval(attempt) < self._next_beat:
+            self._wake.set()  # the lease was just taken: its first extension must not wait for a longer beat
         try:
             try:
                 with self._interruptions():
@@ -268,7 +284,6 @@ class Worker:
                 return record
         finally:
             self._attempt = None
-            self._wake.set()
 
     def _interpret(self, attempt: _Attempt) -> tuple[str, str]:
         """Why the program was stopped: the lease was lost, a cancel, or this worker stopping."""
@@ -283,7 +298,7 @@ class Worker:
         """Write the record only while this attempt holds the job; at the end of the
         attempt, commit the outcome to the queue first, under the record's lock."""
         job = attempt.job
-        with record_lock(run):
+        with record_lock(run) as lock:
             if record.final or (record.status == QUEUED and record.ended_at is not None):
                 state, error, retry_in_s, extra = self._outcome(job, record, permanent)
                 record.attempts[-1].update(
@@ -296,7 +311,11 @@ class Worker:
                 attempt.settled = True
             elif attempt.lost or (not attempt.fresh() and self.queue.heartbeat(job) == "lost"):
                 raise StaleAttemptError(f"attempt {job.attempt} lost its lease; stopped, nothing recorded")
-            write_record_locked(run, record)
+            if record.final:  # synced and renamed by the finisher, which releases the lock then
+                staged = stage_record_locked(run, record)
+                self._finisher.put(lock.hand_over(), staged, run.record)
+            else:
+                write_record_locked(run, record)
 
     def _outcome(self, job: Job, record: RunRecord, permanent: bool) -> tuple[str, str | None, float, int]:
         """(queue state, error, retry delay, extra tries) for how this attempt ended."""
@@ -318,21 +337,24 @@ class Worker:
     def _heartbeats(self) -> None:
         """For the worker's life: keep its row alive (``expman status``) and extend the lease
         of the running attempt. On a lost lease or a cancel, stop the program: SIGTERM to this
-        process, which ``execute`` turns into a stop (or, while preparing, ``_Interrupted``)."""
+        process, which ``execute`` turns into a stop (or, while preparing, ``_Interrupted``).
+        The thread is woken only when a new attempt needs a sooner beat than the one it waits
+        for, not at every job: thousands of short jobs would otherwise each cost it a wake-up."""
         queue = open_queue(self.url, application_name=f"expman-heartbeat {self.id}")
         try:
             while True:
-                attempt = self._attempt
-                interval = WORKER_BEAT_S if attempt is None else max(min(attempt.job.lease_s / 3, WORKER_BEAT_S), 0.05)
+                interval = _beat_interval(self._attempt)
+                self._next_beat = time.monotonic() + interval
                 woken = self._wake.wait(interval)
                 if self._closing.is_set():
                     return
-                if woken:  # another attempt (or none): its interval starts now (no write: jobs may be short)
+                if woken:  # a new attempt with a shorter interval: wait that long instead
                     self._wake.clear()
                     continue
+                attempt = self._attempt
                 try:
                     queue.worker_beat(self.id, attempt.job.id if attempt else None, self._done)
-                    if attempt is None or attempt is not self._attempt or attempt.settled:
+                    if attempt is None or attempt.settled:
                         continue
                     if not (attempt.lost or attempt.cancel):
                         state = queue.heartbeat(attempt.job)
@@ -346,6 +368,44 @@ class Worker:
 
     def _say(self, line: str) -> None:
         print(f"{datetime.now().strftime('%H:%M:%S')} {line}", file=self.out, flush=True)
+
+
+def _beat_interval(attempt: _Attempt | None) -> float:
+    """A third of the running attempt's lease (so two beats may fail before it runs out), at
+    most WORKER_BEAT_S; WORKER_BEAT_S while idle."""
+    return WORKER_BEAT_S if attempt is None else max(min(attempt.job.lease_s / 3, WORKER_BEAT_S), 0.05)
+
+
+class _Finisher:
+    """Puts a worker's final records in place from a thread (fsync, rename, then release the
+    run's lock), so that the worker claims and starts its next job while the disk syncs the
+    last record; the lock keeps everyone else from the record until it is in place."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._work: SimpleQueue[tuple[RecordLock, Path, Path] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def put(self, lock: RecordLock, staged: Path, path: Path) -> None:
+        self._work.put((lock, staged, path))
+
+    def close(self) -> None:
+        """Wait until every record handed over is in place."""
+        self._work.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while (item := self._work.get()) is not None:
+            lock, staged, path = item
+            try:
+                put_in_place(staged, path)
+            except OSError as exc:
+                self.error = self.error or (
+                    f"cannot write {path}: {exc.strerror}; check the runs_root permissions and free space"
+                )
+            finally:
+                lock.release()
 
 
 def _move_logs(run: RunDir, previous: int) -> None:
