@@ -29,7 +29,7 @@ from .config import (
     hash_config,
     load_config,
 )
-from .errors import ConfigError, ExpmanError, LaunchError, RunCancelledError
+from .errors import ConfigError, ExpmanError, LaunchError, RecordError, RunCancelledError
 from .hostinfo import host_facts
 from .image import dockerfile_hash, image_repository
 from .progress import Reporter
@@ -44,7 +44,7 @@ from .rundir import (
     resolve_runs_root,
     sync_paths,
     utc_now,
-    write_bytes_atomic,
+    write_json_atomic,
 )
 from .sweep import Combination, effective_config, expand_sweep
 
@@ -222,9 +222,7 @@ def create_runs(
                 link_or_copy(runs[0][0].code_tar, run.code_tar)
             else:
                 write_archive(plan.repo, plan.commit, run.code_tar)
-            config_bytes = plan.config_bytes if not swept else _config_text(spec.document)
-            write_bytes_atomic(run.config, config_bytes, durable=False)
-            save_record(run, record)
+            _write_new_run(run, plan.config_bytes if not swept else _config_text(spec.document), record)
         except ExpmanError as exc:
             record.mark_ended(FAILED, clock(), reason=exc.message)
             save_record(run, record)
@@ -238,6 +236,18 @@ def create_runs(
     if len(specs) > MAX_LISTED_RUNS:
         reporter.info(f"{len(specs)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
     return runs
+
+
+def _write_new_run(run: RunDir, config: bytes, record: RunRecord) -> None:
+    """config.json, then run.json renamed into place (a run is listed once it has one). No
+    lock and no cancel request to keep: nobody knows of the run yet."""
+    try:
+        run.config.write_bytes(config)
+        write_json_atomic(run.record, record.to_dict(), durable=False)
+    except OSError as exc:
+        raise RecordError(
+            f"cannot write {run.path}: {exc.strerror}; check the runs_root permissions and free space"
+        ) from None
 
 
 def sweep_id(plan: Plan) -> str:
