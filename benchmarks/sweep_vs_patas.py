@@ -10,7 +10,9 @@ Three ways to run it with 2 workers and get a table of the metrics, alternating 
           extracted archive), ``expman worker -j 2`` (process backend, SQLite queue), and
           ``expman table`` parsing the metrics from stdout into a CSV pivot.
 
-Target: expman <= 1.25x the floor.
+Target: expman <= 1.25x the floor. The floor and expman run next to each other in every
+round (the order alternates), and the verdict is the median of the rounds' own ratios, as the
+speed of a shared machine drifts between rounds.
 
     python benchmarks/sweep_vs_patas.py [--rounds 1] [--repeat 10]
 """
@@ -175,7 +177,7 @@ def main() -> int:
     n = len(tasks(args.repeat))
     times: dict[str, list[float]] = {"floor": [], "patas": [], "expman": []}
     for round_ in range(args.rounds):
-        for name in ("floor", "patas", "expman") if round_ % 2 == 0 else ("expman", "patas", "floor"):
+        for name in ("floor", "expman", "patas") if round_ % 2 == 0 else ("patas", "expman", "floor"):
             before = _children_cpu()
             elapsed = {"floor": lambda: floor(work, args.repeat), "patas": lambda: patas(work, args.repeat)}.get(
                 name, lambda: expman(work, repo, args.repeat)
@@ -193,8 +195,10 @@ def main() -> int:
     for name, values in times.items():
         t = statistics.median(values)
         print(f"| {name} | {t:.2f} | {t / n * 1000:.2f} | {t / base:.2f}x |")
-    ratio = statistics.median(times["expman"]) / base
-    print(f"\nexpman end to end: {ratio:.2f}x the floor (target <= 1.25x)")
+    # The machine's speed drifts between rounds: expman runs next to the floor in every round,
+    # and the verdict is the median of each round's own ratio.
+    ratio = statistics.median(e / f for e, f in zip(times["expman"], times["floor"], strict=True))
+    print(f"\nexpman end to end: {ratio:.2f}x the floor, median of each round's ratio (target <= 1.25x)")
     shutil.rmtree(work, ignore_errors=True)
     return 0 if ratio <= 1.25 else 1
 
