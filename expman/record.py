@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from .errors import RecordError
-from .rundir import RunDir, json_bytes, stage_bytes, write_json_atomic
+from .rundir import RunDir, json_bytes, stage_bytes, write_bytes_atomic
 
 SCHEMA_VERSION = 1
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, LOST = "queued", "running", "succeeded", "failed", "cancelled", "lost"
@@ -166,9 +166,7 @@ def save_record(run: RunDir, record: RunRecord) -> None:
         with record_lock(run):
             write_record_locked(run, record)
     except OSError as exc:
-        raise RecordError(
-            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
-        ) from None
+        raise unwritable(run.record, exc) from None
 
 
 def write_record_locked(run: RunDir, record: RunRecord) -> None:
@@ -176,26 +174,30 @@ def write_record_locked(run: RunDir, record: RunRecord) -> None:
     synced to disk before it replaces the old one: a crash may lose the latest passing state
     (queued, running), never how a run ended."""
     try:
-        if record.cancel_requested_at is None:
-            record.cancel_requested_at = _cancel_requested_at(run)
-        write_json_atomic(run.record, record.to_dict(), durable=record.final)
+        write_bytes_atomic(run.record, _record_bytes(run, record), durable=record.final)
     except OSError as exc:
-        raise RecordError(
-            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
-        ) from None
+        raise unwritable(run.record, exc) from None
 
 
 def stage_record_locked(run: RunDir, record: RunRecord) -> Path:
     """``write_record_locked`` up to the rename: the record in a temporary file next to
     run.json, for ``rundir.put_in_place`` to sync and rename while the lock is still held."""
+    try:
+        return stage_bytes(run.record, _record_bytes(run, record))
+    except OSError as exc:
+        raise unwritable(run.record, exc) from None
+
+
+def unwritable(path: Path, exc: OSError) -> RecordError:
+    """The one-line error for a file of a run directory that cannot be written."""
+    return RecordError(f"cannot write {path}: {exc.strerror}; check the runs_root permissions and free space")
+
+
+def _record_bytes(run: RunDir, record: RunRecord) -> bytes:
+    """The record as run.json holds it, keeping a cancel request ``expman cancel`` wrote there."""
     if record.cancel_requested_at is None:
         record.cancel_requested_at = _cancel_requested_at(run)
-    try:
-        return stage_bytes(run.record, json_bytes(record.to_dict()))
-    except OSError as exc:
-        raise RecordError(
-            f"cannot write {run.record}: {exc.strerror}; check the runs_root permissions and free space"
-        ) from None
+    return json_bytes(record.to_dict())
 
 
 def _cancel_requested_at(run: RunDir) -> str | None:

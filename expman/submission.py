@@ -29,11 +29,22 @@ from .config import (
     hash_config,
     load_config,
 )
-from .errors import ConfigError, ExpmanError, LaunchError, RecordError, RunCancelledError
+from .errors import ConfigError, ExpmanError, LaunchError, RunCancelledError
 from .hostinfo import host_facts
 from .image import dockerfile_hash, image_repository
 from .progress import Reporter
-from .record import CANCELLED, FAILED, QUEUED, GitInfo, ImageInfo, RunRecord, Submitter, load_record, save_record
+from .record import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    GitInfo,
+    ImageInfo,
+    RunRecord,
+    Submitter,
+    load_record,
+    save_record,
+    unwritable,
+)
 from .redact import strip_url_credentials
 from .rundir import (
     Clock,
@@ -245,9 +256,7 @@ def _write_new_run(run: RunDir, config: bytes, record: RunRecord) -> None:
         run.config.write_bytes(config)
         write_json_atomic(run.record, record.to_dict(), durable=False)
     except OSError as exc:
-        raise RecordError(
-            f"cannot write {run.path}: {exc.strerror}; check the runs_root permissions and free space"
-        ) from None
+        raise unwritable(run.path, exc) from None
 
 
 def sweep_id(plan: Plan) -> str:

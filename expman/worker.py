@@ -66,6 +66,7 @@ from .record import (
     load_record,
     record_lock,
     stage_record_locked,
+    unwritable,
     write_record_locked,
 )
 from .redact import Redactor
@@ -165,7 +166,7 @@ class Worker:
             self.queue.unregister_worker(self.id)
             self.queue.close()
         if self._finisher.error:
-            raise RecordError(self._finisher.error)
+            raise self._finisher.error
         self._say(f"worker {self.id} stopping after {self._done} jobs")
         return self._done
 
@@ -382,7 +383,7 @@ class _Finisher:
     last record; the lock keeps everyone else from the record until it is in place."""
 
     def __init__(self) -> None:
-        self.error: str | None = None
+        self.error: RecordError | None = None
         self._work: SimpleQueue[tuple[RecordLock, Path, Path] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -401,9 +402,7 @@ class _Finisher:
             try:
                 put_in_place(staged, path)
             except OSError as exc:
-                self.error = self.error or (
-                    f"cannot write {path}: {exc.strerror}; check the runs_root permissions and free space"
-                )
+                self.error = self.error or unwritable(path, exc)
             finally:
                 lock.release()
 

@@ -135,9 +135,7 @@ class TestQueueContract:
     def test_worker_killed_mid_job_reruns_once_and_records_once(
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:
-        run = _schedule_sleeper(make_repo, runs_root, queue_url, seconds=3)
-        first = _worker(queue_url, dict(os.environ))
-        _wait(lambda: _status(run) == "running", "the first attempt to run")
+        run, first = _first_attempt_running(make_repo, runs_root, queue_url, seconds=3)
         orphan = read_record(run)["pid"]
         first.kill()  # kill -9: no heartbeat, no record; its program runs on as an orphan
         first.communicate()
@@ -160,9 +158,7 @@ class TestQueueContract:
     def test_a_stopped_worker_that_comes_back_cannot_record(
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:
-        run = _schedule_sleeper(make_repo, runs_root, queue_url, seconds=4)
-        stale = _worker(queue_url, dict(os.environ))
-        _wait(lambda: _status(run) == "running", "the first attempt to run")
+        run, stale = _first_attempt_running(make_repo, runs_root, queue_url, seconds=4)
         os.kill(stale.pid, signal.SIGSTOP)
         time.sleep(3)  # past the lease
         fresh = _worker(queue_url, dict(os.environ))
@@ -204,6 +200,16 @@ def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float)
     assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
     (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
     return run
+
+
+def _first_attempt_running(
+    make_repo: Any, runs_root: Path, url: str, seconds: float
+) -> tuple[Path, subprocess.Popen[str]]:
+    """A scheduled sleeper and the worker whose first attempt of it is running."""
+    run = _schedule_sleeper(make_repo, runs_root, url, seconds)
+    worker = _worker(url, dict(os.environ))
+    _wait(lambda: _status(run) == "running", "the first attempt to run")
+    return run, worker
 
 
 def _lock_all_pending(url: str) -> Any:
