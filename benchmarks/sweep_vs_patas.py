@@ -70,27 +70,24 @@ def tasks(repeat: int) -> list[tuple[str, str, str]]:
     return [(str(n), a, p) for _ in range(repeat) for n in range(*NEURONS) for p in PREPROCESSING for a in ACTIVATIONS]
 
 
-def _run_one(job: tuple[Path, int, tuple[str, str, str]]) -> None:
-    code, index, args = job
-    with open(code.parent / "floor-out" / f"{index}.stdout", "wb") as out:
+def _run_one(job: tuple[Path, Path, tuple[str, str, str]]) -> None:
+    code, stdout, args = job
+    with open(stdout, "wb") as out:
         subprocess.run(["./main.py", *args], cwd=code, stdout=out, check=True)
 
 
-def floor(work: Path, repeat: int) -> float:
-    out = work / "floor-out"
-    shutil.rmtree(out, ignore_errors=True)
+def floor(work: Path, out: Path, repeat: int) -> float:
     out.mkdir()
     start = time.perf_counter()
     with multiprocessing.Pool(WORKERS) as pool:
-        pool.map(_run_one, [(work / "code", i, t) for i, t in enumerate(tasks(repeat))], chunksize=1)
+        jobs = [(work / "code", out / f"{i}.stdout", t) for i, t in enumerate(tasks(repeat))]
+        pool.map(_run_one, jobs, chunksize=1)
     elapsed = time.perf_counter() - start
     assert len(list(out.iterdir())) == len(tasks(repeat))
     return elapsed
 
 
-def patas(work: Path, repeat: int) -> float:
-    lab = work / "pataslab"
-    shutil.rmtree(lab, ignore_errors=True)
+def patas(work: Path, lab: Path, repeat: int) -> float:
     start = time.perf_counter()
     explore = ["patas", "explore", "--type", "grid", "--cmd", "./main.py {neurons} {activation} {preprocessing}"]
     explore += ["--va", "neurons", *map(str, NEURONS), "--vl", "preprocessing", *PREPROCESSING]
@@ -100,21 +97,20 @@ def patas(work: Path, repeat: int) -> float:
     parse = ["patas", "parse", "-e", str(lab / "grid")]
     for name, pattern in PATTERNS.items():
         parse += ["-p", name, pattern]
-    subprocess.run(parse, cwd=work, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(parse, cwd=lab, check=True, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     assert len((lab / "grid" / "grid.csv").read_text().splitlines()) == len(tasks(repeat)) + 1
     return elapsed
 
 
-def expman(work: Path, repo: Repo, repeat: int) -> float:
-    runs = work / "expman-runs"
-    shutil.rmtree(runs, ignore_errors=True)
+def expman(work: Path, out: Path, repeat: int) -> float:
+    runs = out / "runs"
     env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs)}
     cli = [sys.executable, "-m", "expman"]
     table = [*cli, "table", "--rows", "model.neurons,model.preprocessing", "--cols", "model.activation"]
-    table += ["--value", "test_acc", "--format", "csv", "-o", str(work / "expman-table.csv")]
+    table += ["--value", "test_acc", "--format", "csv", "-o", str(out / "table.csv")]
     steps = {
-        "schedule": [*cli, "schedule", "-C", str(repo.path)],
+        "schedule": [*cli, "schedule", "-C", str(work / "experiment")],
         "worker": [*cli, "worker", "-j", str(WORKERS)],
         "table": table,
     }
@@ -127,7 +123,7 @@ def expman(work: Path, repo: Repo, repeat: int) -> float:
     elapsed = time.perf_counter() - start
     print("         " + ", ".join(f"{name} {t:.2f}s" for name, t in took.items()))
     assert len(list(runs.glob("*/run.json"))) == len(tasks(repeat))
-    assert len((work / "expman-table.csv").read_text().splitlines()) == 1 + 25 * 3 * 4  # one line per cell
+    assert len((out / "table.csv").read_text().splitlines()) == 1 + 25 * 3 * 4  # one line per cell
     return elapsed
 
 
@@ -173,15 +169,18 @@ def main() -> int:
         print("patas is missing: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="expman-bench-patas-"))
-    repo = make_repo(work, args.repeat)
+    make_repo(work, args.repeat)
     n = len(tasks(args.repeat))
     times: dict[str, list[float]] = {"floor": [], "patas": [], "expman": []}
     for round_ in range(args.rounds):
         for name in ("floor", "expman", "patas") if round_ % 2 == 0 else ("patas", "expman", "floor"):
+            # A new directory for every way and round, all deleted at the end: on a filesystem
+            # such as ext4 without a journal (this machine's), every file created skips one by
+            # one the inodes freed in the last 30 s, so deleting the last round's tens of
+            # thousands of files would slow down whatever way runs next.
+            out = work / f"round-{round_ + 1}-{name}"
             before = _children_cpu()
-            elapsed = {"floor": lambda: floor(work, args.repeat), "patas": lambda: patas(work, args.repeat)}.get(
-                name, lambda: expman(work, repo, args.repeat)
-            )()
+            elapsed = {"floor": floor, "patas": patas, "expman": expman}[name](work, out, args.repeat)
             cpu = _children_cpu() - before
             times[name].append(elapsed)
             print(
