@@ -127,17 +127,7 @@ def json_bytes(data: Any, sort_keys: bool = True) -> bytes:
 def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file in the same directory, fsync (when ``durable``), then rename
     over ``path``: readers see the old or the new content, never a mix."""
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    put_in_place(stage_bytes(path, data), path, durable)
 
 
 def stage_bytes(path: Path, data: bytes) -> Path:
@@ -152,10 +142,11 @@ def stage_bytes(path: Path, data: bytes) -> Path:
     return tmp
 
 
-def put_in_place(tmp: Path, path: Path) -> None:
-    """fsync a file staged by ``stage_bytes`` and rename it over ``path``."""
+def put_in_place(tmp: Path, path: Path, durable: bool = True) -> None:
+    """fsync (when ``durable``) a file staged by ``stage_bytes`` and rename it over ``path``."""
     try:
-        sync_paths(tmp)
+        if durable:
+            sync_paths(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
