@@ -22,7 +22,7 @@ from pathlib import Path
 # This file's own folder would shadow the standard library's queue module: put the repository there instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from expman.queue import SUCCEEDED, NewJob, open_queue  # noqa: E402
+from expman.queue import JobState, NewJob, open_queue  # noqa: E402
 from tests.daemons import start_postgres  # noqa: E402
 
 TARGETS = {("sqlite", 8): 500.0, ("postgresql", 8): 2000.0}
@@ -33,7 +33,7 @@ def claimer(url: str, ready: multiprocessing.Barrier, counts: multiprocessing.Qu
     ready.wait()
     claimed = 0
     while (job := queue.claim("bench")) is not None:
-        queue.finish(job, SUCCEEDED)
+        queue.finish(job, JobState.SUCCEEDED)
         claimed += 1
     counts.put(claimed)
     queue.close()

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from expman.queue import SUCCEEDED, open_queue
+from expman.queue import JobState, open_queue
 
 
 def claim_all(url: str, out: Path, pause_s: float) -> None:
@@ -30,7 +30,7 @@ def claim_all(url: str, out: Path, pause_s: float) -> None:
                 continue
             f.write(f"{job.id}\n")
             f.flush()
-            assert queue.finish(job, SUCCEEDED)
+            assert queue.finish(job, JobState.SUCCEEDED)
 
 
 def claim_once(url: str, marker: Path, pause_s: float) -> None:

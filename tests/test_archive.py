@@ -5,8 +5,8 @@ import tarfile
 
 import pytest
 
-from expman.archive import container_payload, extract_archive, write_archive
 from expman.errors import UnsafeArchiveError
+from expman.experiment.archive import container_payload, extract_archive, write_archive
 
 
 def make_tar(path, members):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from expman.config import load_config, parse_duration, parse_memory
 from expman.errors import ConfigError
+from expman.experiment.config import load_config, parse_duration, parse_memory
 
 
 def load(section: dict, **rest) -> object:

@@ -21,8 +21,8 @@ import pytest
 from expman import errors
 from expman.backends.local import container_spec
 from expman.cli import main
-from expman.record import RunRecord
-from expman.rundir import RunDir
+from expman.rundir.layout import RunDir
+from expman.rundir.record import RunRecord
 
 from .conftest import BASE_IMAGE, DOCKERFILE, JOB, init_repo, only_run, read_record
 from .helpers import cancel_with_ctrl_c, submit, wait_for_status

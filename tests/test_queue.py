@@ -149,7 +149,7 @@ class TestQueueContract:
         assert record["status"] == "succeeded"
         assert [a["attempt"] for a in record["attempts"]] == [1, 2]
         assert record["attempts"][0]["status"] == "lost" and record["attempts"][1]["status"] == "succeeded"
-        assert (run / "logs" / "attempt-0" / "stdout.log").exists()
+        assert (run / "logs" / "attempt-1" / "stdout.log").exists()
         assert not Path(f"/proc/{orphan}").exists() or _is_zombie(orphan)  # the orphan was stopped
         (job,) = open_queue(queue_url).jobs_of()
         assert (job.state, job.attempt) == ("succeeded", 2)
@@ -187,7 +187,7 @@ class TestQueueContract:
         record = read_record(run)
         assert record["status"] == "failed" and record["reason"] == "exit code 3"
         assert [a["status"] for a in record["attempts"]] == ["failed"] * 3
-        assert sorted(p.name for p in (run / "logs").iterdir() if p.is_dir()) == ["attempt-0", "attempt-1"]
+        assert sorted(p.name for p in (run / "logs").iterdir() if p.is_dir()) == ["attempt-1", "attempt-2"]
         # put back by hand: one more attempt
         assert main(["retry", "--failed", "--queue", queue_url]) == 0
         assert read_record(run)["status"] == "queued"

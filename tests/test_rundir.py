@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from expman.errors import AmbiguousRunError, RunNotFoundError
-from expman.rundir import create_run_dir, find_run, new_run_id, resolve_runs_root, write_json_atomic
+from expman.rundir.files import write_json_atomic
+from expman.rundir.layout import create_run_dir, find_run, new_run_id, resolve_runs_root
 
 
 def _claim_many(root: str, n: int) -> list[str]:

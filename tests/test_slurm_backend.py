@@ -12,7 +12,7 @@ import pytest
 
 from expman.backends.slurm import render_sbatch
 from expman.cli import main
-from expman.config import SlurmSettings
+from expman.experiment.config import SlurmSettings
 from expman.results import load_runs
 
 GOLDEN = Path(__file__).parent / "golden" / "sbatch_array.sh"
@@ -142,10 +142,10 @@ def test_requeued_job_keeps_both_attempts(slurm_repo, runs_root, slurm):
             break
     (record,) = wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
     assert record["status"] == "succeeded", record["reason"]
-    assert [a["attempt"] for a in record["attempts"]] == [0, 1]
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
     assert record["attempts"][0]["status"] == "queued" and "interrupted" in record["attempts"][0]["reason"]
     run = runs_root / record["run_id"]
-    assert "code version 1" in (run / "logs" / "attempt-0" / "stdout.log").read_text()
+    assert "code version 1" in (run / "logs" / "attempt-1" / "stdout.log").read_text()
     assert "code version 1" in (run / "logs" / "stdout.log").read_text()
 
 

@@ -69,8 +69,8 @@ def test_remote_submit_run_sync_and_table(remote_repo, sshd, runs_root, docker_c
 def test_one_connection_carries_many_docker_requests(sshd, docker_client):
     """Each Docker request is its own SSH channel; hundreds of them, each ending as the host
     closes it, must never make sshd drop the connection."""
-    from expman.config import HostSettings
-    from expman.remote import connect
+    from expman.backends.remote import connect
+    from expman.experiment.config import HostSettings
 
     settings = HostSettings(
         name="box",

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from expman.cli import main
-from expman.config import hash_config
 from expman.errors import ConfigError
-from expman.scheduling import job_key
-from expman.sweep import effective_config, expand_sweep
+from expman.experiment.config import hash_config
+from expman.experiment.sweep import effective_config, expand_sweep
+from expman.submit.schedule import job_key
 
 DOC = {
     "expman": {"command": ["x"]},

@@ -1,13 +1,14 @@
 """The flow every backend shares: check -> prepare -> start -> wait -> record -> clean up.
 
-A backend fills narrow hooks. ``check`` runs before anything is written; ``prepare`` makes
-what the run needs (an image, an extracted archive); ``start`` returns an ``Execution``
-that pumps output into a LogSink and can be waited on, signalled, stopped and killed. This
-module owns timeouts, cancellation and the status written to run.json.
+A backend fills narrow hooks that return data. ``check`` runs before anything is written;
+``prepare`` makes what the run needs (an image, an extracted archive) and fills fields of
+the record; ``start`` returns an ``Execution`` that pumps output into a LogSink and can be
+waited on, signalled, stopped and killed. ``execute`` here owns timeouts, cancellation and
+every change of the record, written through a ``lifecycle.Recorder``.
 
-A backend that hands runs to a scheduler (Slurm) sets ``hands_off`` and implements
-``hand_off`` instead of being followed here. ``reconcile`` brings the records of runs that
-are not final up to date with where they really run; ``cancel`` stops one.
+A backend that hands runs to a scheduler (Slurm) sets ``hands_off`` and is driven by
+``submit.run`` through its own hooks. ``reconcile`` brings the records of runs that are not
+final up to date with where they really run; ``cancel`` stops one.
 """
 
 from __future__ import annotations
@@ -15,40 +16,36 @@ from __future__ import annotations
 import abc
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionLostError, ExpmanError
+from ..errors import ConnectionLostError, ExpmanError, LaunchError
 from ..hostinfo import hostname
-from ..logsink import LogSink
-from ..record import CANCELLED, FAILED, LOST, RUNNING, SUCCEEDED, RunRecord, load_record, save_record
 from ..redact import Redactor
-from ..rundir import Clock, RunDir
+from ..rundir import lifecycle
+from ..rundir.files import write_bytes_atomic
+from ..rundir.layout import Clock, RunDir, utc_now
+from ..rundir.lifecycle import Recorder
+from ..rundir.logs import LogSink
+from ..rundir.record import EndState, RunRecord, RunStatus, load_record
 
 if TYPE_CHECKING:
+    from ..experiment.plan import Plan
     from ..progress import Reporter
-    from ..submission import Plan
 
 STOP_GRACE_S = 10.0
 RUNNING_RECORD_AFTER_S = 1.0
 CANCEL_WAIT_S = 60.0
+DETACH_START_TIMEOUT_S = 120.0
 # What a SIGTERM/SIGINT means, as (status, reason); a Slurm node tells timeouts and requeues apart.
-Interpretation = Callable[[RunRecord], tuple[str, str]]
-# How a record is written; a queue worker's saver first checks it still holds the job.
-Saver = Callable[[RunDir, RunRecord], None]
-
-
-@dataclass
-class EndState:
-    exit_code: int
-    oom_killed: bool | None = None
-    peak_memory_bytes: int | None = None
+Interpretation = Callable[[RunRecord], tuple[RunStatus, str]]
 
 
 class Execution(abc.ABC):
@@ -82,6 +79,24 @@ class Cancelled(Exception):
     """Raised in the waiting thread on SIGINT/SIGTERM."""
 
 
+@dataclass(frozen=True)
+class Submission:
+    """Runs handed to a scheduler, as data: the files to write and the command that submits them."""
+
+    files: dict[Path, bytes]
+    argv: list[str]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the scheduler answered: its job id and, per run, the record fields to set."""
+
+    job_id: str
+    fields: list[dict[str, Any]]
+    release: list[str] | None = None
+
+
 class Backend(abc.ABC):
     name: str = ""
     hands_off = False
@@ -107,13 +122,43 @@ class Backend(abc.ABC):
 
     def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
         """Start the run and return at once: here a supervisor process follows it."""
-        from ..submission import start_detached
+        return start_supervisor(run, self.environ)
 
-        return start_detached(run, self.environ)
+    # --- backends that hand runs to a scheduler (``hands_off``) -----------------------------
+
+    def submission(self, runs: Sequence[tuple[RunDir, RunRecord]]) -> Submission:
+        """The files and command that hand ``runs`` to the scheduler."""
+        raise NotImplementedError
+
+    def accepted(self, submission: Submission, output: str, count: int) -> Accepted:
+        """Parse the submitting command's ``output``."""
+        raise NotImplementedError
+
+    def command(self, argv: Sequence[str]) -> str:
+        """Run one of the scheduler's commands; its stdout, or a typed error."""
+        raise NotImplementedError
 
     def hand_off(self, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter) -> list[RunRecord]:
-        """Give prepared runs to a scheduler (backends with ``hands_off``)."""
-        raise NotImplementedError
+        """Give prepared runs to the scheduler and record its job ids; if that fails, every
+        run is recorded failed with the reason."""
+        submission = self.submission(runs)
+        try:
+            for path, data in submission.files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_bytes_atomic(path, data)
+            accepted = self.accepted(submission, self.command(submission.argv), len(runs))
+            for (run, record), fields in zip(runs, accepted.fields, strict=True):
+                for name, value in fields.items():
+                    setattr(record, name, value)
+                lifecycle.save(run, record)
+            if accepted.release:
+                self.command(accepted.release)
+        except ExpmanError as exc:
+            for run, record in runs:
+                Recorder(run).end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
+            raise
+        reporter.info(submission.summary.format(job_id=accepted.job_id))
+        return [record for _, record in runs]
 
     def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
         """Update the records of runs that are not final from their real state; returns warnings.
@@ -122,10 +167,8 @@ class Backend(abc.ABC):
         queue owns the run (its lease expires and another worker runs it again).
         """
         for run, record in runs:
-            if record.status == RUNNING and record.queue is None and _supervisor_gone(record):
-                pid = (record.supervisor or {}).get("pid")
-                record.mark_ended(LOST, datetime.now(UTC), reason=f"the process following the run (pid {pid}) is gone")
-                save_record(run, record)
+            if record.status == RunStatus.RUNNING and record.queue is None and _supervisor_gone(record):
+                lifecycle.end_if_not_final(run, utc_now(), _lost_if_running)
         return []
 
     def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
@@ -140,9 +183,7 @@ class Backend(abc.ABC):
                     return record
                 time.sleep(0.2)
         self.stop_orphan(record)
-        record.mark_ended(CANCELLED, datetime.now(UTC), reason="cancelled by user")
-        save_record(run, record)
-        return record
+        return lifecycle.end_if_not_final(run, utc_now(), lambda current: (RunStatus.CANCELLED, "cancelled by user"))
 
     def stop_orphan(self, record: RunRecord) -> None:  # noqa: B027 - an optional hook
         """Stop what a run left running when nothing follows it any more."""
@@ -153,6 +194,13 @@ class Backend(abc.ABC):
     @property
     def execution_host(self) -> str:
         return hostname()
+
+
+def _lost_if_running(record: RunRecord) -> tuple[RunStatus, str] | None:
+    if record.status != RunStatus.RUNNING:
+        return None
+    pid = (record.supervisor or {}).get("pid")
+    return RunStatus.LOST, f"the process following the run (pid {pid}) is gone"
 
 
 def _supervisor_gone(record: RunRecord) -> bool:
@@ -167,69 +215,67 @@ def _supervisor_gone(record: RunRecord) -> bool:
     return b"expman" not in cmdline
 
 
+def start_supervisor(run: RunDir, environ: Mapping[str, str]) -> RunRecord:
+    """Hand the run to ``python -m expman.runners.supervise`` and return once it runs (or ended)."""
+    with open(run.logs / "supervisor.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "expman.runners.supervise", str(run.path)],
+            env=dict(environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + DETACH_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        record = load_record(run)
+        if record.status != RunStatus.QUEUED:
+            return record
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise LaunchError(f"run {run.run_id} did not start; see {run.logs / 'supervisor.log'}")
+
+
+# --- the execution flow ---------------------------------------------------------------------
+
+
 def execute(
     backend: Backend,
     run: RunDir,
     record: RunRecord,
     clock: Clock,
     echo: bool,
+    recorder: Recorder | None = None,
     forward: Sequence[int] = (),
     interpret: Interpretation | None = None,
     stop_grace_s: float = STOP_GRACE_S,
-    save: Saver = save_record,
 ) -> RunRecord:
     """Start the run, wait for it under its timeout, and record how it ended.
 
     SIGINT (Ctrl-C) and SIGTERM stop the run and record it as cancelled (or as ``interpret``
-    says); signals in ``forward`` are passed on to the program. If ``save`` raises, the
-    program is stopped and the error passed on.
+    says); signals in ``forward`` are passed on to the program. If a write of the record
+    raises, the program is stopped and the error passed on.
     """
+    recorder = recorder or Recorder(run)
     sink = LogSink(run, backend.redactor, echo)
     switch = _CancelSwitch()
     previous: dict[int, Any] = {s: signal.signal(s, switch.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     execution = None
     record.supervisor = {"pid": os.getpid(), "host": hostname()}
     try:
-        try:
-            with switch.armed():
-                execution = backend.start(run, record, sink)
-        except ExpmanError as exc:
-            record.mark_ended(FAILED, clock(), reason=f"start failed: {exc.message}")
-            save(run, record)
-            raise
-        except Cancelled:
-            record.mark_ended(CANCELLED, clock(), reason="cancelled by user before start")
-            save(run, record)
+        execution = _start(backend, run, record, sink, switch, recorder, clock)
+        if execution is None:
             return record
-        record.mark_running(clock(), backend.execution_host)
-
-        def announce() -> None:
-            try:
-                save(run, record)
-            except ExpmanError:
-                execution.kill()  # not ours to run any more (a queue lease was lost)
-                raise
-
         previous.update(_install_forwarders(forward, execution))
-        try:
-            timeout_s = record.resources.get("timeout_s")
-            status, reason, exit_code = _wait(execution, timeout_s, stop_grace_s, switch, announce)
-        except ConnectionLostError:
-            save(run, record)  # still running over there; reconnecting tells how it ends
-            raise
-        if status == CANCELLED and interpret is not None:
+        status, reason, exit_code = _follow(execution, record, switch, recorder, stop_grace_s)
+        if status == RunStatus.CANCELLED and interpret is not None:
             status, reason = interpret(record)
         end = execution.end_state(exit_code)
-        record.exit_code, record.oom_killed, record.peak_memory_bytes = (
-            end.exit_code,
-            end.oom_killed,
-            end.peak_memory_bytes,
-        )
-        if status == FAILED and reason is None:
+        if status == RunStatus.FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
         sink.close()  # logs complete before the record says the run ended (logs --follow stops then)
-        record.mark_ended(status, clock(), reason=reason)
-        save(run, record)
+        recorder.end(record, status, clock(), reason=reason, end=end)
     finally:
         sink.close()
         _restore_handlers(previous)
@@ -238,13 +284,55 @@ def execute(
     return record
 
 
+def _start(
+    backend: Backend,
+    run: RunDir,
+    record: RunRecord,
+    sink: LogSink,
+    switch: _CancelSwitch,
+    recorder: Recorder,
+    clock: Clock,
+) -> Execution | None:
+    """The started execution, now recorded running; None when cancelled before it started."""
+    try:
+        with switch.armed():
+            execution = backend.start(run, record, sink)
+    except ExpmanError as exc:
+        recorder.end(record, RunStatus.FAILED, clock(), reason=f"start failed: {exc.message}")
+        raise
+    except Cancelled:
+        recorder.end(record, RunStatus.CANCELLED, clock(), reason="cancelled by user before start")
+        return None
+    record.mark_running(clock(), backend.execution_host)
+    return execution
+
+
+def _follow(
+    execution: Execution, record: RunRecord, switch: _CancelSwitch, recorder: Recorder, stop_grace_s: float
+) -> tuple[RunStatus, str | None, int]:
+    """Wait for the end; the record says "running" once the program has run a while."""
+
+    def announce() -> None:
+        try:
+            recorder.save(record)
+        except ExpmanError:
+            execution.kill()  # not ours to run any more (a queue lease was lost)
+            raise
+
+    try:
+        return _wait(execution, record.resources.get("timeout_s"), stop_grace_s, switch, announce)
+    except ConnectionLostError:
+        recorder.save(record)  # still running over there; reconnecting tells how it ends
+        raise
+
+
 def _wait(
     execution: Execution,
     timeout_s: float | None,
     stop_grace_s: float,
     switch: _CancelSwitch,
     announce: Callable[[], None],
-) -> tuple[str, str | None, int]:
+) -> tuple[RunStatus, str | None, int]:
     """Wait for the end under the timeout; ``announce`` (record "running") once the program
     has run for RUNNING_RECORD_AFTER_S: a program that ends sooner gets only its final record,
     which halves the writes of a sweep of short tasks."""
@@ -260,11 +348,11 @@ def _wait(
                 exit_code = execution.wait(left)
         if exit_code is None:
             execution.kill()
-            return FAILED, "timeout", _wait_uninterrupted(execution)
+            return RunStatus.FAILED, "timeout", _wait_uninterrupted(execution)
     except Cancelled:
         execution.stop(stop_grace_s)
-        return CANCELLED, "cancelled by user", _wait_uninterrupted(execution)
-    return (SUCCEEDED if exit_code == 0 else FAILED), None, exit_code
+        return RunStatus.CANCELLED, "cancelled by user", _wait_uninterrupted(execution)
+    return (RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED), None, exit_code
 
 
 def _wait_uninterrupted(execution: Execution) -> int:

@@ -12,17 +12,17 @@ import requests
 from docker.types import DeviceRequest, Mount
 from urllib3.exceptions import HTTPError
 
-from .. import image as images
-from ..archive import container_payload
-from ..errors import BuildError, ConfigError, LaunchError
-from ..logsink import STDERR, STDOUT, LogSink
-from ..record import RunRecord, save_record
-from ..rundir import RunDir
-from .base import STOP_GRACE_S, Backend, EndState, Execution
+from ..errors import ConfigError, LaunchError
+from ..experiment.archive import container_payload
+from ..rundir.layout import RunDir
+from ..rundir.logs import STDERR, STDOUT, LogSink
+from ..rundir.record import EndState, RunRecord
+from . import engine
+from .base import STOP_GRACE_S, Backend, Execution
 
 if TYPE_CHECKING:
+    from ..experiment.plan import Plan
     from ..progress import Reporter
-    from ..submission import Plan
 
 CODE_PATH, OUTPUT_PATH, CONFIG_PATH = "/code", "/output", "/expman/config.json"
 
@@ -73,7 +73,7 @@ class LocalBackend(Backend):
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = images.connect(self.environ)
+            self._client = engine.connect(self.environ)
         return self._client
 
     def check(self, plan: Plan) -> None:
@@ -88,27 +88,16 @@ class LocalBackend(Backend):
         return {
             **super().describe(plan),
             "image_tag": plan.image_tag,
-            "docker_host": self.redactor.text(images.docker_host(self.environ)),
+            "docker_host": self.redactor.text(engine.docker_host(self.environ)),
         }
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
         tag, dockerfile = record.image.image_tag or "", record.image.dockerfile or "Dockerfile"
-        record.image.engine_version = images.engine_version(self.client)
+        record.image.engine_version = engine.engine_version(self.client)
         with reporter.activity(f"building image {tag}") as step:
-            try:
-                record.image.image_id = images.build_image(
-                    self.client,
-                    run.code_tar,
-                    dockerfile,
-                    tag,
-                    run.build_log,
-                    self.redactor,
-                    on_step=step,
-                )
-            except BuildError as exc:
-                record.warnings.append(exc.message)
-                save_record(run, record)
-                raise
+            record.image.image_id = engine.build_image(
+                self.client, run.code_tar, dockerfile, tag, run.build_log, self.redactor, on_step=step
+            )
         reporter.info(f"image {record.image.image_id[:19]} ({tag})")
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:

@@ -19,18 +19,18 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..archive import CODE_DIR, extract_shared
 from ..errors import LaunchError
-from ..gitguard import git_environment
-from ..logsink import STDERR, STDOUT, LogSink
-from ..record import RunRecord
+from ..experiment.archive import CODE_DIR, extract_shared
+from ..experiment.git import git_environment
 from ..redact import is_secret_name
-from ..rundir import RunDir
-from .base import Backend, EndState, Execution
+from ..rundir.layout import RunDir
+from ..rundir.logs import STDERR, STDOUT, LogSink
+from ..rundir.record import EndState, RunRecord
+from .base import Backend, Execution
 
 if TYPE_CHECKING:
+    from ..experiment.plan import Plan
     from ..progress import Reporter
-    from ..submission import Plan
 
 _POLL_S = 0.05
 

@@ -2,11 +2,12 @@
 
 The submitter renders a batch script (``render_sbatch``, a pure function), submits it held,
 records the job ids in every run's record (queued), then releases it. On the node,
-``python -m expman.node`` runs the same container contract on the node's Docker engine (or
+``python -m expman.runners.node`` runs the same container contract on the node's Docker engine (or
 the process backend, "runtime": "process") and updates the record: running, each attempt
 after a requeue, how it ended. runs_root must be on a filesystem the nodes share.
 
-Status is polled with one squeue call for all runs, at most every ``POLL_INTERVAL_S``.
+Status comes from one squeue call for all runs, shared by every expman process through a
+file under runs_root and made at most every ``POLL_INTERVAL_S`` (``SqueuePoller``).
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import SlurmSettings
 from ..errors import ConfigError, SlurmError
-from ..logsink import LogSink
-from ..record import CANCELLED, FAILED, LOST, RunRecord, load_record, record_lock, save_record
-from ..rundir import RunDir, write_bytes_atomic, write_json_atomic
-from .base import Backend, Execution
+from ..experiment.config import SlurmSettings
+from ..rundir import lifecycle
+from ..rundir.files import write_json_atomic
+from ..rundir.layout import RunDir, utc_now
+from ..rundir.logs import LogSink
+from ..rundir.record import RunRecord, RunStatus, load_record
+from .base import Accepted, Backend, Execution, Submission
 
 if TYPE_CHECKING:
-    from ..progress import Reporter
-    from ..submission import Plan
+    from ..experiment.plan import Plan
 
 POLL_INTERVAL_S = 2.0
 CANCEL_WAIT_S = 60.0
@@ -83,12 +84,12 @@ def render_sbatch(settings: SlurmSettings, job_name: str, count: int, python: st
         throttle = f"%{settings.array_throttle}" if settings.array_throttle else ""
         options.append(("array", f"0-{count - 1}{throttle}"))
     options.extend(sorted(settings.extra.items()))
-    lines = ["#!/bin/sh", "# Written by expman: each task runs one prepared run directory (see expman.node)."]
+    lines = ["#!/bin/sh", "# Written by expman: each task runs one prepared run directory (see expman.runners.node)."]
     for name, value in options:
         if value is None or value is False:
             continue
         lines.append(f"#SBATCH --{name}" if value is True else f"#SBATCH --{name}={value}")
-    lines.append(f'exec {shlex.quote(python)} -m expman.node "$1"')
+    lines.append(f'exec {shlex.quote(python)} -m expman.runners.node "$1"')
     return "\n".join(lines) + "\n"
 
 
@@ -104,6 +105,7 @@ class SlurmBackend(Backend):
     def __init__(self, environ: Mapping[str, str]) -> None:
         super().__init__(environ)
         self._settings = SlurmSettings()
+        self._poller = SqueuePoller(self.command)
 
     def check(self, plan: Plan) -> None:
         if shutil.which("sbatch", path=self.environ.get("PATH")) is None:
@@ -121,97 +123,123 @@ class SlurmBackend(Backend):
         return {**super().describe(plan), "runtime": plan.slurm.runtime, "sbatch_script": script}
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
-        raise NotImplementedError("Slurm runs start on their node (expman.node)")
+        raise NotImplementedError("Slurm runs start on their node (expman.runners.node)")
 
-    def hand_off(self, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter) -> list[RunRecord]:
+    def submission(self, runs: Sequence[tuple[RunDir, RunRecord]]) -> Submission:
+        """A batch script and a runs file under <runs_root>/.expman-slurm/<first run>/, submitted held."""
         first_run, first = runs[0]
         jobs_dir = first_run.path.parent / JOBS_DIR / first_run.run_id
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        script = jobs_dir / "job.sbatch"
-        runs_file = jobs_dir / "runs.txt"
-        write_bytes_atomic(script, render_sbatch(self._settings, job_name(first), len(runs), sys.executable).encode())
-        write_bytes_atomic(runs_file, "".join(f"{run.path}\n" for run, _ in runs).encode())
+        script, runs_file = jobs_dir / "job.sbatch", jobs_dir / "runs.txt"
         pattern = "slurm-%A_%a.out" if len(runs) > 1 else "slurm-%j.out"
-        argv = [
-            "sbatch",
-            "--parsable",
-            "--hold",
-            f"--output={jobs_dir / pattern}",
-            f"--chdir={jobs_dir}",
-            str(script),
-            str(runs_file),
-        ]
-        try:
-            job_id = self._slurm(argv).strip().split(";")[0]
-            for index, (run, record) in enumerate(runs):
-                record.job_id = f"{job_id}_{index}" if len(runs) > 1 else job_id
-                record.slurm = {
-                    "job_id": job_id,
-                    "array_index": index if len(runs) > 1 else None,
-                    "script": str(script),
-                    "sbatch_argv": argv,
-                    "runtime": self._settings.runtime,
-                    "signal": self._settings.signal,
-                    "requeue": self._settings.requeue,
-                    "time_limit_s": self._settings.time_limit_s,
-                    "partition": self._settings.partition,
-                }
-                save_record(run, record)
-            self._slurm(["scontrol", "release", job_id])
-        except SlurmError as exc:
-            for run, record in runs:
-                record.mark_ended(FAILED, datetime.now(UTC), reason=exc.message)
-                save_record(run, record)
-            raise
+        argv = ["sbatch", "--parsable", "--hold", f"--output={jobs_dir / pattern}", f"--chdir={jobs_dir}"]
+        text = render_sbatch(self._settings, job_name(first), len(runs), sys.executable)
         array = f" (array of {len(runs)})" if len(runs) > 1 else ""
-        reporter.info(f"Slurm job {job_id}{array} submitted; script {script}")
-        return [record for _, record in runs]
+        return Submission(
+            files={script: text.encode(), runs_file: "".join(f"{run.path}\n" for run, _ in runs).encode()},
+            argv=[*argv, str(script), str(runs_file)],
+            summary=f"Slurm job {{job_id}}{array} submitted; script {script}",
+        )
+
+    def accepted(self, submission: Submission, output: str, count: int) -> Accepted:
+        job_id = output.strip().split(";")[0]
+        settings = self._settings
+        slurm = {
+            "job_id": job_id,
+            "script": str(submission.argv[-2]),
+            "sbatch_argv": submission.argv,
+            "runtime": settings.runtime,
+            "signal": settings.signal,
+            "requeue": settings.requeue,
+            "time_limit_s": settings.time_limit_s,
+            "partition": settings.partition,
+        }
+        fields = [
+            {
+                "job_id": f"{job_id}_{index}" if count > 1 else job_id,
+                "slurm": {**slurm, "array_index": index if count > 1 else None},
+            }
+            for index in range(count)
+        ]
+        return Accepted(job_id=job_id, fields=fields, release=["scontrol", "release", job_id])
 
     def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
         try:
-            states = self.job_states(runs[0][0].path.parent)
+            states = self._poller.states(runs[0][0].path.parent)
         except SlurmError as exc:
             return [f"Slurm status unknown, showing the last recorded status: {exc.message}"]
         for run, record in runs:
             if record.job_id is not None:
-                self._reconcile_one(run, record, states.get(record.job_id))
+                state = states.get(record.job_id)
+                lifecycle.end_if_not_final(run, utc_now(), lambda current, s=state: ended_as(s, current))  # type: ignore[misc]
         return []
 
-    def _reconcile_one(self, run: RunDir, record: RunRecord, state: str | None) -> None:
-        """Only where the node could not record the end itself (killed, never started)."""
-        with record_lock(run):
+    def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
+        """scancel; the node stops the run and records it cancelled (or, if the job never
+        started, this records it)."""
+        record = lifecycle.request_cancel(run, utc_now())
+        if record.job_id is not None:
+            self.command(["scancel", record.job_id])
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
             record = load_record(run)
+            if record.final or record.job_id is None:
+                return record
+            try:
+                state = self._poller.states(run.path.parent, fresh=True).get(record.job_id)
+            except SlurmError:
+                state = ""
+            record = lifecycle.end_if_not_final(run, utc_now(), lambda current, s=state: ended_as(s, current))  # type: ignore[misc]
             if record.final:
-                return
-            now = datetime.now(UTC)
-            if state is None:
-                status, reason = LOST, f"Slurm no longer knows job {record.job_id}"
-            elif state not in _ENDED_STATES:
-                return
-            elif state == "TIMEOUT":
-                status, reason = FAILED, "timeout"
-            elif state == "CANCELLED":
-                status, reason = CANCELLED, "cancelled" + (" by user" if record.cancel_requested_at else " in Slurm")
-            elif state == "OUT_OF_MEMORY":
-                status, reason = FAILED, "out of memory"
-            elif state in ("NODE_FAIL", "BOOT_FAIL"):
-                status, reason = LOST, f"Slurm job {state}"
-            else:
-                status, reason = FAILED, f"Slurm job {state} before the run recorded its end"
-            record.mark_ended(status, now, reason=reason)
-            write_json_atomic(run.record, record.to_dict())
+                return record
+            time.sleep(0.5)
+        return load_record(run)
 
-    def job_states(self, runs_root: Path) -> dict[str, str]:
-        """job id (array tasks as 12_3) -> Slurm state, from one squeue call at most every
-        POLL_INTERVAL_S (shared by every expman process through a file under runs_root)."""
-        cache = runs_root / ".expman-cache" / "squeue.json"
+    def command(self, argv: Sequence[str]) -> str:
         try:
-            cached = json.loads(cache.read_text())
-            if time.time() - cached["at"] < POLL_INTERVAL_S:
-                return dict(cached["states"])
-        except (OSError, ValueError, KeyError):
-            pass
-        output = self._slurm(["squeue", "--noheader", "--states=all", "--array", "--format=%i|%T"])
+            proc = subprocess.run(list(argv), capture_output=True, text=True, env=dict(self.environ), timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"{argv[0]} failed: {exc}; is Slurm installed and slurmctld up?") from None
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SlurmError(f"{argv[0]} failed (exit {proc.returncode}): {self.redactor.text(detail)}")
+        return proc.stdout
+
+
+def ended_as(state: str | None, record: RunRecord) -> tuple[RunStatus, str] | None:
+    """How a run whose node never recorded its end ended, from its job's Slurm state (None:
+    the job is unknown to Slurm); None while the job has not ended."""
+    if state is None:
+        return RunStatus.LOST, f"Slurm no longer knows job {record.job_id}"
+    if state not in _ENDED_STATES:
+        return None
+    if state == "TIMEOUT":
+        return RunStatus.FAILED, "timeout"
+    if state == "CANCELLED":
+        return RunStatus.CANCELLED, "cancelled" + (" by user" if record.cancel_requested_at else " in Slurm")
+    if state == "OUT_OF_MEMORY":
+        return RunStatus.FAILED, "out of memory"
+    if state in ("NODE_FAIL", "BOOT_FAIL"):
+        return RunStatus.LOST, f"Slurm job {state}"
+    return RunStatus.FAILED, f"Slurm job {state} before the run recorded its end"
+
+
+class SqueuePoller:
+    """job id (array tasks as 12_3) -> Slurm state, from one squeue call at most every
+    POLL_INTERVAL_S, shared by every expman process through a file under runs_root."""
+
+    def __init__(self, command: Callable[[Sequence[str]], str]) -> None:
+        self._command = command
+
+    def states(self, runs_root: Path, fresh: bool = False) -> dict[str, str]:
+        cache = runs_root / ".expman-cache" / "squeue.json"
+        if not fresh:
+            try:
+                cached = json.loads(cache.read_text())
+                if time.time() - cached["at"] < POLL_INTERVAL_S:
+                    return dict(cached["states"])
+            except (OSError, ValueError, KeyError):
+                pass
+        output = self._command(["squeue", "--noheader", "--states=all", "--array", "--format=%i|%T"])
         states = {}
         for line in output.splitlines():
             job, _, state = line.strip().partition("|")
@@ -223,40 +251,3 @@ class SlurmBackend(Backend):
         except OSError:
             pass
         return states
-
-    def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
-        """scancel; the node stops the run and records it cancelled (or, if the job never
-        started, this records it)."""
-        with record_lock(run):
-            record = load_record(run)
-            record.cancel_requested_at = datetime.now(UTC).isoformat()
-            write_json_atomic(run.record, record.to_dict())
-        if record.job_id is not None:
-            self._slurm(["scancel", record.job_id])
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < deadline:
-            record = load_record(run)
-            if record.final:
-                return record
-            cache = run.path.parent / ".expman-cache" / "squeue.json"
-            cache.unlink(missing_ok=True)
-            self.reconcile([(run, record)])
-            time.sleep(0.5)
-        return load_record(run)
-
-    def _slurm(self, argv: Sequence[str]) -> str:
-        try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, env=dict(self.environ), timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"{argv[0]} failed: {exc}; is Slurm installed and slurmctld up?") from None
-        if proc.returncode != 0:
-            detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise SlurmError(f"{argv[0]} failed (exit {proc.returncode}): {self.redactor.text(detail)}")
-        return proc.stdout
-
-
-def runtime_backend(record: RunRecord, environ: Mapping[str, str]) -> Backend:
-    """The backend a Slurm task runs its run with on the node."""
-    from . import make_backend
-
-    return make_backend("process" if (record.slurm or {}).get("runtime") == "process" else "local", environ)

@@ -24,18 +24,21 @@ import docker
 import docker.errors
 import requests
 
-from ..config import HostSettings
 from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
-from ..logsink import STDERR, STDOUT, LogSink
-from ..record import FAILED, LOST, QUEUED, SUCCEEDED, RunRecord, save_record
-from ..remote import RemoteHost, connect
-from ..rundir import RunDir, json_bytes, write_bytes_atomic
+from ..experiment.config import HostSettings
+from ..rundir import lifecycle
+from ..rundir.files import write_bytes_atomic
+from ..rundir.layout import RunDir
+from ..rundir.lifecycle import Recorder
+from ..rundir.logs import STDERR, STDOUT, LogSink
+from ..rundir.record import EndState, RunRecord, RunStatus
 from .base import Execution
 from .local import ContainerExecution, LocalBackend, container_spec, stop_container
+from .remote import RemoteHost, connect
 
 if TYPE_CHECKING:
+    from ..experiment.plan import Plan
     from ..progress import Reporter
-    from ..submission import Plan
 
 _LINK_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError, EOFError)
 
@@ -144,18 +147,17 @@ class SSHBackend(LocalBackend):
     def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
         """Start the container and return: the host's engine keeps it running."""
         sink = LogSink(run, self.redactor, echo=False)
+        recorder = Recorder(run)
         try:
             execution = self.start(run, record, sink)
         except ExpmanError as exc:
-            record.mark_ended(FAILED, datetime.now(UTC), reason=f"start failed: {exc.message}")
-            save_record(run, record)
+            recorder.end(record, RunStatus.FAILED, datetime.now(UTC), reason=f"start failed: {exc.message}")
             raise
         finally:
             sink.close()
         assert isinstance(execution, RemoteExecution)
         execution.detach()
-        record.mark_running(datetime.now(UTC), self.execution_host)
-        save_record(run, record)
+        recorder.running(record, datetime.now(UTC), self.execution_host)
         self.push_record(run, record)
         return record
 
@@ -167,8 +169,7 @@ class SSHBackend(LocalBackend):
     def push_record(self, run: RunDir, record: RunRecord) -> None:
         """Mirror run.json into the remote run directory."""
         assert self._remote is not None and record.remote is not None
-        data = json_bytes(record.to_dict())
-        self._remote.put_bytes(data, posixpath.join(record.remote["path"], "run.json"))
+        self._remote.put_bytes(lifecycle.mirror_bytes(record), posixpath.join(record.remote["path"], run.record.name))
 
     # --- looking at and controlling runs ------------------------------------------
 
@@ -199,16 +200,15 @@ class SSHBackend(LocalBackend):
             state = self.client.api.inspect_container(record.container_id)["State"]
         except docker.errors.NotFound:
             if not record.final:
-                record.mark_ended(LOST, datetime.now(UTC), reason=f"its container is gone from {record.host}")
-                save_record(run, record)
+                reason = f"its container is gone from {record.host}"
+                Recorder(run).end(record, RunStatus.LOST, datetime.now(UTC), reason=reason)
             return None
         if record.final:
             return state
         if state.get("Running"):
-            if record.status == QUEUED:
+            if record.status == RunStatus.QUEUED:
                 started = _parse_time(state.get("StartedAt")) or datetime.now(UTC)
-                record.mark_running(started, host_of(record).name)
-                save_record(run, record)
+                Recorder(run).running(record, started, host_of(record).name)
             self._enforce_timeout(run, record)
             return state
         if state.get("Status") in ("exited", "dead"):
@@ -224,23 +224,23 @@ class SSHBackend(LocalBackend):
             assert record.container_id is not None
             self.client.api.kill(record.container_id)
             state = self.client.api.inspect_container(record.container_id)["State"]
-            self._record_end(run, record, state, status=FAILED, reason="timeout")
+            self._record_end(run, record, state, status=RunStatus.FAILED, reason="timeout")
 
     def _record_end(
         self,
         run: RunDir,
         record: RunRecord,
         state: dict[str, Any],
-        status: str | None = None,
+        status: RunStatus | None = None,
         reason: str | None = None,
     ) -> None:
-        exit_code = int(state.get("ExitCode", -1))
-        record.exit_code, record.oom_killed = exit_code, bool(state.get("OOMKilled"))
+        end = EndState(exit_code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
         if status is None:
-            status = SUCCEEDED if exit_code == 0 else FAILED
-            reason = None if exit_code == 0 else ("out of memory" if record.oom_killed else f"exit code {exit_code}")
-        record.mark_ended(status, _parse_time(state.get("FinishedAt")) or datetime.now(UTC), reason=reason)
-        save_record(run, record)
+            status = RunStatus.SUCCEEDED if end.exit_code == 0 else RunStatus.FAILED
+            failure = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
+            reason = None if end.exit_code == 0 else failure
+        ended = _parse_time(state.get("FinishedAt")) or datetime.now(UTC)
+        Recorder(run).end(record, status, ended, reason=reason, end=end)
 
     def sync(self, run: RunDir, record: RunRecord) -> SyncResult:
         """Bring the run's status, logs and outputs here; once final, remove its container."""
@@ -256,7 +256,7 @@ class SSHBackend(LocalBackend):
                 if state is not None:
                     stop_container(self.client, record.container_id or "")
                 record.remote["synced_at"] = datetime.now(UTC).isoformat()  # type: ignore[index]
-                save_record(run, record)
+                lifecycle.save(run, record)
             self.push_record(run, record)
         return result
 
@@ -382,7 +382,7 @@ class RemoteExecution(ContainerExecution):
             self._backend.sync(self._run, self._record)
         except (ExpmanError, *_LINK_ERRORS):
             self._record.warnings.append("could not sync the outputs at the end; run 'expman sync'")
-            save_record(self._run, self._record)
+            lifecycle.save(self._run, self._record)
 
     def _pump_output(self, frames: Any) -> None:
         try:

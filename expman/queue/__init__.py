@@ -6,19 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .dialects import dialect_for
-from .store import CANCELLED, FAILED, JOB_STATES, PENDING, RUNNING, SUCCEEDED, Job, NewJob, Queue, WorkerInfo
+from .store import Job, JobState, NewJob, Queue, WorkerInfo
 
 QUEUE_VARIABLE = "EXPMAN_QUEUE"
 DEFAULT_FILE = "queue.sqlite"
 
 __all__ = [
-    "CANCELLED",
-    "FAILED",
-    "JOB_STATES",
-    "PENDING",
-    "RUNNING",
-    "SUCCEEDED",
     "Job",
+    "JobState",
     "NewJob",
     "Queue",
     "WorkerInfo",

@@ -16,14 +16,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from ..errors import QueueError
 from .dialects import Dialect
 
-PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED = "pending", "running", "succeeded", "failed", "cancelled"
-JOB_STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-LIVE_STATES = (PENDING, RUNNING, SUCCEEDED)  # a key in one of these is not scheduled again
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)  # a key in one of these is not scheduled again
 RECONNECT_FOR_S = 120.0
 WORKER_TTL_S = 30.0
 
@@ -57,7 +69,7 @@ class Job:
     run_dir: str
     label: str
     priority: int
-    state: str
+    state: JobState
     attempt: int
     max_attempts: int
     lease_s: float
@@ -70,6 +82,12 @@ class Job:
     worker: str | None
     cancel_requested: int
     error: str | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Job:
+        job = cls(*row)
+        object.__setattr__(job, "state", JobState(job.state))
+        return job
 
 
 @dataclass(frozen=True)
@@ -247,7 +265,7 @@ class Queue:
                             job.run_dir,
                             job.label,
                             job.priority,
-                            PENDING,
+                            JobState.PENDING,
                             job.max_attempts,
                             job.lease_s,
                             job.backoff_s,
@@ -271,12 +289,12 @@ class Queue:
                     self._execute(
                         f"""SELECT id FROM {self.jobs} WHERE state = ? AND lease_until < NOW
                         ORDER BY priority DESC, id LIMIT 1{self.dialect.lock_rows}""",
-                        (RUNNING,),
+                        (JobState.RUNNING,),
                     ).fetchone()
                     or self._execute(
                         f"""SELECT id FROM {self.jobs} WHERE state = ? AND not_before <= NOW
                         ORDER BY priority DESC, id LIMIT 1{self.dialect.lock_rows}""",
-                        (PENDING,),
+                        (JobState.PENDING,),
                     ).fetchone()
                 )
                 if self.claim_pause is not None:
@@ -286,9 +304,9 @@ class Queue:
                 claimed = self._execute(
                     f"""UPDATE {self.jobs} SET state = ?, attempt = attempt + 1, worker = ?, claimed_at = NOW,
                         ended_at = NULL, lease_until = NOW + lease_s WHERE id = ? RETURNING {_JOB_COLUMNS}""",
-                    (RUNNING, worker, row[0]),
+                    (JobState.RUNNING, worker, row[0]),
                 ).fetchone()
-            return Job(*claimed)
+            return Job.from_row(claimed)
 
         try:
             return self._run(attempt)
@@ -303,7 +321,7 @@ class Queue:
 
         def query() -> bool:
             row = self._execute(
-                f"SELECT 1 FROM {self.jobs} WHERE state IN (?, ?) LIMIT 1", (PENDING, RUNNING)
+                f"SELECT 1 FROM {self.jobs} WHERE state IN (?, ?) LIMIT 1", (JobState.PENDING, JobState.RUNNING)
             ).fetchone()
             return row is not None
 
@@ -317,7 +335,7 @@ class Queue:
             row = self._execute(
                 f"""UPDATE {self.jobs} SET lease_until = NOW + lease_s
                     WHERE id = ? AND attempt = ? AND state = ? RETURNING cancel_requested""",
-                (job.id, job.attempt, RUNNING),
+                (job.id, job.attempt, JobState.RUNNING),
             ).fetchone()
             if row is None:
                 return "lost"
@@ -336,7 +354,7 @@ class Queue:
                 f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
                     not_before = NOW + ?, max_attempts = max_attempts + ?
                     WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
-                (state, error, retry_in_s, extra_tries, job.id, job.attempt, RUNNING),
+                (state, error, retry_in_s, extra_tries, job.id, job.attempt, JobState.RUNNING),
             ).fetchone()
             return row is not None
 
@@ -386,7 +404,7 @@ class Queue:
 
     def recent_durations(self, limit: int = 50, sweep_id: str | None = None) -> list[float]:
         """Seconds from claim to end of the latest finished attempts that succeeded."""
-        where, params = self._sweep_filter(sweep_id, f"state = '{SUCCEEDED}'")
+        where, params = self._sweep_filter(sweep_id, f"state = '{JobState.SUCCEEDED.value}'")
         rows = self._run(
             lambda: self._execute(
                 f"SELECT ended_at - claimed_at FROM {self.jobs}{where} ORDER BY ended_at DESC LIMIT ?",
@@ -395,7 +413,7 @@ class Queue:
         )
         return [row[0] for row in rows if row[0] is not None]
 
-    def jobs_of(self, sweep_id: str | None = None, states: Sequence[str] = JOB_STATES) -> list[Job]:
+    def jobs_of(self, sweep_id: str | None = None, states: Sequence[str] = tuple(JobState)) -> list[Job]:
         marks = ", ".join("?" for _ in states)
         where, params = self._sweep_filter(sweep_id, f"state IN ({marks})")
         rows = self._run(
@@ -403,7 +421,7 @@ class Queue:
                 f"SELECT {_JOB_COLUMNS} FROM {self.jobs}{where} ORDER BY id", [*states, *params]
             ).fetchall()
         )
-        return [Job(*row) for row in rows]
+        return [Job.from_row(row) for row in rows]
 
     def cancel(self, sweep_id: str | None = None, run_id: str | None = None) -> tuple[list[Job], list[Job]]:
         """Pending jobs (of a sweep, or one run's) become cancelled; running ones are asked to
@@ -414,13 +432,13 @@ class Queue:
             with self._transaction():
                 cancelled = self._execute(
                     f"UPDATE {self.jobs} SET state = ?, ended_at = NOW, error = ?{where} RETURNING {_JOB_COLUMNS}",
-                    [CANCELLED, "cancelled by user", PENDING, *params],
+                    [JobState.CANCELLED, "cancelled by user", JobState.PENDING, *params],
                 ).fetchall()
                 asked = self._execute(
                     f"UPDATE {self.jobs} SET cancel_requested = 1{where} RETURNING {_JOB_COLUMNS}",
-                    [RUNNING, *params],
+                    [JobState.RUNNING, *params],
                 ).fetchall()
-            return [Job(*r) for r in cancelled], [Job(*r) for r in asked]
+            return [Job.from_row(r) for r in cancelled], [Job.from_row(r) for r in asked]
 
         return self._run(update)
 
@@ -437,9 +455,9 @@ class Queue:
                     AND NOT EXISTS (SELECT 1 FROM {self.jobs} other WHERE other.key = {self.jobs}.key
                                     AND other.state IN ({live}))
                     RETURNING {_JOB_COLUMNS}""",
-                [PENDING, tries, FAILED, *params, *LIVE_STATES],
+                [JobState.PENDING, tries, JobState.FAILED, *params, *LIVE_STATES],
             ).fetchall()
-            return [Job(*r) for r in rows]
+            return [Job.from_row(r) for r in rows]
 
         return self._run(update)
 

@@ -19,8 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from expman.errors import UsageError
-
+from ..errors import UsageError
 from .options import FORMATS
 from .table import Cell, TableModel
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from expman.errors import UsageError
-
+from ..errors import UsageError
 from .scalars import match_keys
 from .stdout import to_number
 

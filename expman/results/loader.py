@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from expman.config import SECTION
-from expman.errors import UsageError
-from expman.rundir import RunDir, list_runs
-
+from ..errors import UsageError
+from ..experiment.config import SECTION
+from ..experiment.patterns import compile_patterns
+from ..rundir.layout import RunDir, list_runs
 from .cache import Cache, CachedScalars
 from .filters import Condition, parse_conditions
 from .flatten import flatten_config, read_json, read_results
 from .options import DEFAULT_STATS, KEEP_MODES
 from .scalars import RunScalars, event_files, file_signature, match_keys, read_run_scalars, summarize
-from .stdout import compile_patterns, extract
+from .stdout import extract
 
 Progress = Callable[[int, int], None]
 RECORD_FIELDS = (

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from expman.errors import UsageError
-
+from ..errors import UsageError
 from .tfevents import EVENT_FILE_MARKER, read_event_file
 
 _STAT = re.compile(r"(last|max|min|mean_last_(\d+))")

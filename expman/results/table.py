@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from expman.errors import UsageError
-
+from ..errors import UsageError
 from .filters import resolve_column
 from .options import AGGREGATES, DEFAULT_SEED_KEYS
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Written by expman: each task runs one prepared run directory (see expman.node).
+# Written by expman: each task runs one prepared run directory (see expman.runners.node).
 #SBATCH --job-name=expman-demo
 #SBATCH --partition=gpu
 #SBATCH --time=2-00:00:00
@@ -13,4 +13,4 @@
 #SBATCH --array=0-4%2
 #SBATCH --constraint=a100
 #SBATCH --exclusive
-exec '/opt/py 3/bin/python' -m expman.node "$1"
+exec '/opt/py 3/bin/python' -m expman.runners.node "$1"

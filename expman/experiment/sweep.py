@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SECTION = "expman"
 ZIP, REPEAT = "zip", "repeat"

@@ -2,8 +2,8 @@
 
 A claimed job is a run directory made by ``expman schedule``; the worker runs it with the
 run's backend (or ``--backend``) under the same contract as ``expman submit``: prepare,
-execute, record. Every attempt is appended to the record's ``attempts``; an earlier
-attempt's logs move to logs/attempt-N/.
+execute, record. Every attempt is appended to the record's ``attempts`` (numbered as the
+queue counts claims); an earlier attempt's logs move to logs/attempt-N/.
 
 While a job runs, a heartbeat thread extends its lease every lease/3 seconds. If the
 heartbeat finds the lease lost (this worker was stopped or cut off for longer than the
@@ -30,47 +30,30 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from queue import SimpleQueue
 from types import FrameType
 from typing import Any, TextIO
 
-from .backends import make_backend
-from .backends.base import Backend, execute
-from .errors import (
+from ..backends import make_backend
+from ..backends.base import Backend, execute
+from ..errors import (
     BuildError,
     ConfigError,
     ExpmanError,
     LaunchError,
-    RecordError,
     StaleAttemptError,
     UnsafeArchiveError,
 )
-from .hostinfo import hostname
-from .progress import Reporter
-from .queue import CANCELLED, FAILED, PENDING, SUCCEEDED, Job, open_queue
-from .queue.store import WORKER_TTL_S
-from .record import (
-    CANCELLED as RUN_CANCELLED,
-)
-from .record import (
-    FAILED as RUN_FAILED,
-)
-from .record import (
-    LOST,
-    QUEUED,
-    RUNNING,
-    RecordLock,
-    RunRecord,
-    load_record,
-    record_lock,
-    stage_record_locked,
-    unwritable,
-    write_record_locked,
-)
-from .redact import Redactor
-from .rundir import RunDir, put_in_place, utc_now
+from ..hostinfo import hostname
+from ..progress import Reporter
+from ..queue import Job, JobState, open_queue
+from ..queue.store import WORKER_TTL_S
+from ..redact import Redactor
+from ..rundir import lifecycle
+from ..rundir.layout import RunDir, utc_now
+from ..rundir.lifecycle import Finisher, Recorder, record_lock
+from ..rundir.record import EndState, RunRecord, RunStatus, load_record
 
 IDLE_POLL_S = 1.0  # the longest wait between looks for claimable jobs
 FIRST_IDLE_POLL_S = 0.05  # the first wait: doubled up to IDLE_POLL_S while nothing is claimable
@@ -134,7 +117,7 @@ class Worker:
         self._say(f"worker {self.id} on {self.queue.shown}")
         beats = threading.Thread(target=self._heartbeats, daemon=True)
         beats.start()
-        self._finisher = _Finisher()
+        self._finisher = Finisher()
         idle_s = FIRST_IDLE_POLL_S  # short at first: the last running jobs of a sweep may end any moment
         try:
             while not self._stopping:
@@ -195,7 +178,7 @@ class Worker:
         tag = f"job {job.id} (run {job.run_id}{' ' + job.label if job.label else ''}) attempt {job.attempt}"
         if not run.record.exists():
             error = f"run directory {run.path} is not on {hostname()}; workers need the scheduler's runs_root"
-            self.queue.finish(job, FAILED, error)
+            self.queue.finish(job, JobState.FAILED, error)
             self._say(f"{tag}: {error}")
             return
         try:
@@ -216,124 +199,73 @@ class Worker:
         return self._backends[name]
 
     def _begin(self, run: RunDir, job: Job) -> tuple[RunRecord, Backend] | None:
-        """Append this attempt to the record (written when the program starts); stop what an
-        earlier, silent attempt left running here. The record and the backend to run it on;
-        None if the job has no attempts left (recorded failed)."""
+        """Begin this attempt in the record (stopping what an earlier, silent attempt left
+        running here); the record and the backend to run it on. None if the job has no
+        attempts left (recorded failed)."""
+        record = load_record(run)
+        backend = self._backend(self.backend_name or record.backend)
+        if record.status in (RunStatus.RUNNING, RunStatus.LOST) and record.host == hostname():
+            backend.stop_orphan(record)
+        if job.attempt > job.max_attempts:
+            self._fail_exhausted(run, job)
+            return None
+        record = lifecycle.begin_attempt(
+            run,
+            utc_now(),
+            number=job.attempt,
+            unfinished="its worker stopped heartbeating",
+            worker=self.id,
+            host=hostname(),
+            environment=self._environment,  # the worker's own, e.g. SLURM_JOB_ID
+        )
+        return record, backend
+
+    def _fail_exhausted(self, run: RunDir, job: Job) -> None:
+        """The worker of the last allowed attempt went silent: the job and its run fail."""
+        reason = f"lost: the worker of attempt {job.attempt - 1} stopped heartbeating; {job.max_attempts} attempts used"
         with record_lock(run):
             record = load_record(run)
-            backend = self._backend(self.backend_name or record.backend)
-            if record.status in (RUNNING, LOST) and record.host == hostname():
-                backend.stop_orphan(record)
             if record.attempts and "ended_at" not in record.attempts[-1]:
                 record.attempts[-1].update(
-                    ended_at=utc_now().isoformat(), status="lost", reason="its worker stopped heartbeating"
+                    ended_at=utc_now().isoformat(), status=str(RunStatus.LOST), reason="its worker stopped heartbeating"
                 )
-            if job.attempt > job.max_attempts:
-                record.mark_ended(
-                    RUN_FAILED,
-                    utc_now(),
-                    reason=f"lost: the worker of attempt {job.attempt - 1} stopped heartbeating; "
-                    f"{job.max_attempts} attempts used",
-                )
-                if self.queue.finish(job, FAILED, record.reason):
-                    write_record_locked(run, record)
-                return None
-            _move_logs(run, len(record.attempts))
-            record.attempts.append(
-                {
-                    "attempt": job.attempt,
-                    "worker": self.id,
-                    "host": hostname(),
-                    "environment": self._environment,  # the worker's own, e.g. SLURM_JOB_ID
-                    "started_at": datetime.now(UTC).isoformat(),
-                }
-            )
-            record.status, record.reason, record.host = QUEUED, None, None
-            record.started_at = record.ended_at = record.duration_s = record.exit_code = None
-            record.pid = record.container_id = None
-            record.oom_killed = record.peak_memory_bytes = None
-        return record, backend  # the record is written once the program runs (or the attempt fails before)
+            record.mark_ended(RunStatus.FAILED, utc_now(), reason=reason)
+            if self.queue.finish(job, JobState.FAILED, reason):
+                lifecycle.write_locked(run, record)
 
     def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
         attempt = self._attempt = _Attempt(job)
+        recorder = _FencedRecorder(self, run, attempt)
         if time.monotonic() + _beat_interval(attempt) < self._next_beat:
             self._wake.set()  # the lease was just taken: its first extension must not wait for a longer beat
         try:
             try:
                 with self._interruptions():
                     backend.prepare(run, record, self._reporter)
-                return execute(
-                    backend,
-                    run,
-                    record,
-                    utc_now,
-                    echo=False,
-                    interpret=lambda current: self._interpret(attempt),
-                    save=lambda r, rec: self._save(attempt, r, rec),
-                )
+                interpret = lambda current: self._interpret(attempt)  # noqa: E731
+                return execute(backend, run, record, utc_now, echo=False, recorder=recorder, interpret=interpret)
             except _Interrupted:
                 status, reason = self._interpret(attempt)
-                record.mark_ended(status, utc_now(), reason=reason)
-                self._save(attempt, run, record)
+                recorder.end(record, status, utc_now(), reason=reason)
                 return record
             except StaleAttemptError:
                 raise
             except ExpmanError as exc:
                 if not attempt.settled:  # failed before execute() recorded an end
-                    record.mark_ended(RUN_FAILED, utc_now(), reason=exc.message)
-                    self._save(attempt, run, record, permanent=isinstance(exc, PERMANENT_ERRORS))
+                    recorder.permanent = isinstance(exc, PERMANENT_ERRORS)
+                    recorder.end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
                 return record
         finally:
             self._attempt = None
 
-    def _interpret(self, attempt: _Attempt) -> tuple[str, str]:
+    def _interpret(self, attempt: _Attempt) -> tuple[RunStatus, str]:
         """Why the program was stopped: the lease was lost, a cancel, or this worker stopping."""
         if attempt.lost:
-            return RUN_FAILED, "lease lost: a newer attempt owns this run"
+            return RunStatus.FAILED, "lease lost: a newer attempt owns this run"
         if attempt.cancel:
-            return RUN_CANCELLED, "cancelled by user"
+            return RunStatus.CANCELLED, "cancelled by user"
         self._stopping = True  # SIGTERM or Ctrl-C to this worker
-        return QUEUED, f"attempt {attempt.job.attempt} interrupted: its worker stopped; back in the queue"
-
-    def _save(self, attempt: _Attempt, run: RunDir, record: RunRecord, permanent: bool = False) -> None:
-        """Write the record only while this attempt holds the job; at the end of the
-        attempt, commit the outcome to the queue first, under the record's lock."""
-        job = attempt.job
-        with record_lock(run) as lock:
-            if record.final or (record.status == QUEUED and record.ended_at is not None):
-                state, error, retry_in_s, extra = self._outcome(job, record, permanent)
-                record.attempts[-1].update(
-                    ended_at=record.ended_at, status=record.status, reason=record.reason, exit_code=record.exit_code
-                )
-                if state == PENDING:
-                    record.status, record.ended_at, record.duration_s, record.exit_code = QUEUED, None, None, None
-                if not self.queue.finish(job, state, error, retry_in_s, extra):
-                    raise StaleAttemptError(f"result of attempt {job.attempt} rejected: a newer attempt owns the job")
-                attempt.settled = True
-            elif attempt.lost or (not attempt.fresh() and self.queue.heartbeat(job) == "lost"):
-                raise StaleAttemptError(f"attempt {job.attempt} lost its lease; stopped, nothing recorded")
-            if record.final:  # synced and renamed by the finisher, which releases the lock then
-                staged = stage_record_locked(run, record)
-                self._finisher.put(lock.hand_over(), staged, run.record)
-            else:
-                write_record_locked(run, record)
-
-    def _outcome(self, job: Job, record: RunRecord, permanent: bool) -> tuple[str, str | None, float, int]:
-        """(queue state, error, retry delay, extra tries) for how this attempt ended."""
-        if record.status == "succeeded":
-            return SUCCEEDED, None, 0.0, 0
-        if record.status == RUN_CANCELLED:
-            return CANCELLED, record.reason, 0.0, 0
-        if record.status == QUEUED:  # interrupted by this worker stopping: not the job's fault
-            return PENDING, record.reason, 0.0, 1
-        # A program that cannot start (execute() records "start failed: ...") fails the same way again.
-        permanent = permanent or (record.reason or "").startswith("start failed") or record.reason == "timeout"
-        retryable = not permanent and job.attempt < job.max_attempts
-        if not retryable:
-            return FAILED, record.reason, 0.0, 0
-        delay = min(job.backoff_s * 2 ** (job.attempt - 1), MAX_BACKOFF_S)
-        record.reason = f"attempt {job.attempt} of {job.max_attempts} failed ({record.reason}); retry in {delay:.0f}s"
-        return PENDING, record.reason, delay, 0
+        return RunStatus.QUEUED, f"attempt {attempt.job.attempt} interrupted: its worker stopped; back in the queue"
 
     def _heartbeats(self) -> None:
         """For the worker's life: keep its row alive (``expman status``) and extend the lease
@@ -377,49 +309,68 @@ def _beat_interval(attempt: _Attempt | None) -> float:
     return WORKER_BEAT_S if attempt is None else max(min(attempt.job.lease_s / 3, WORKER_BEAT_S), 0.05)
 
 
-class _Finisher:
-    """Puts a worker's final records in place from a thread (fsync, rename, then release the
-    run's lock), so that the worker claims and starts its next job while the disk syncs the
-    last record; the lock keeps everyone else from the record until it is in place."""
+class _FencedRecorder(Recorder):
+    """Writes the record only while this worker's attempt holds the job; at the end of the
+    attempt, commits the outcome to the queue first, under the record's lock, so a newer
+    attempt always starts from the final record of the one before."""
 
-    def __init__(self) -> None:
-        self.error: RecordError | None = None
-        self._work: SimpleQueue[tuple[RecordLock, Path, Path] | None] = SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+    def __init__(self, worker: Worker, run: RunDir, attempt: _Attempt) -> None:
+        super().__init__(run)
+        self.worker, self.attempt = worker, attempt
+        self.permanent = False  # a failure that would fail the same way again
 
-    def put(self, lock: RecordLock, staged: Path, path: Path) -> None:
-        self._work.put((lock, staged, path))
+    def save(self, record: RunRecord) -> None:
+        job = self.attempt.job
+        with record_lock(self.run):
+            if self.attempt.lost or (not self.attempt.fresh() and self.worker.queue.heartbeat(job) == "lost"):
+                raise StaleAttemptError(f"attempt {job.attempt} lost its lease; stopped, nothing recorded")
+            lifecycle.write_locked(self.run, record)
 
-    def close(self) -> None:
-        """Wait until every record handed over is in place."""
-        self._work.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while (item := self._work.get()) is not None:
-            lock, staged, path = item
-            try:
-                put_in_place(staged, path)
-            except OSError as exc:
-                self.error = self.error or unwritable(path, exc)
-            finally:
-                lock.release()
-
-
-def _move_logs(run: RunDir, previous: int) -> None:
-    if not previous:
-        return
-    target = run.logs / f"attempt-{previous - 1}"
-    target.mkdir(exist_ok=True)
-    for name in ("stdout.log", "stderr.log", "build.log"):
-        if (run.logs / name).exists():
-            (run.logs / name).rename(target / name)
+    def end(
+        self,
+        record: RunRecord,
+        status: RunStatus,
+        now: datetime,
+        reason: str | None = None,
+        end: EndState | None = None,
+    ) -> None:
+        record.mark_ended(status, now, reason=reason, end=end)
+        job = self.attempt.job
+        with record_lock(self.run) as lock:
+            state, error, retry_in_s, extra = _outcome(job, record, self.permanent)
+            if state == JobState.PENDING and record.final:
+                record.requeue(error)
+            if not self.worker.queue.finish(job, state, error, retry_in_s, extra):
+                raise StaleAttemptError(f"result of attempt {job.attempt} rejected: a newer attempt owns the job")
+            self.attempt.settled = True
+            if record.final:  # synced and renamed by the finisher, which releases the lock then
+                self.worker._finisher.finish_locked(self.run, record, lock)
+            else:
+                lifecycle.write_locked(self.run, record)
 
 
-def run_workers(
-    count: int, url: str, environ: Mapping[str, str], backend: str | None, forever: bool, argv: list[str]
-) -> int:
+def _outcome(job: Job, record: RunRecord, permanent: bool) -> tuple[JobState, str | None, float, int]:
+    """(queue state, error, retry delay, extra tries) for how this attempt ended."""
+    if record.status == RunStatus.SUCCEEDED:
+        return JobState.SUCCEEDED, None, 0.0, 0
+    if record.status == RunStatus.CANCELLED:
+        return JobState.CANCELLED, record.reason, 0.0, 0
+    if record.status == RunStatus.QUEUED:  # interrupted by this worker stopping: not the job's fault
+        return JobState.PENDING, record.reason, 0.0, 1
+    # A program that cannot start (execute() records "start failed: ...") fails the same way again.
+    permanent = permanent or (record.reason or "").startswith("start failed") or record.reason == "timeout"
+    if permanent or job.attempt >= job.max_attempts:
+        return JobState.FAILED, record.reason, 0.0, 0
+    delay = min(job.backoff_s * 2 ** (job.attempt - 1), MAX_BACKOFF_S)
+    return (
+        JobState.PENDING,
+        f"attempt {job.attempt} of {job.max_attempts} failed ({record.reason}); retry in {delay:.0f}s",
+        delay,
+        0,
+    )
+
+
+def run_workers(count: int, url: str, environ: Mapping[str, str], backend: str | None, forever: bool) -> int:
     """``-j 1`` works here; ``-j N`` starts N worker processes and waits for them, passing
     SIGTERM/SIGINT on."""
     if count == 1:

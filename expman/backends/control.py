@@ -10,13 +10,13 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .backends import make_backend
-from .errors import UsageError
-from .record import RunRecord, load_record
-from .rundir import RunDir
+from ..errors import UsageError
+from ..rundir.layout import RunDir
+from ..rundir.record import RunRecord, load_record
+from . import make_backend
 
 if TYPE_CHECKING:
-    from .backends.ssh import SyncResult
+    from .ssh import SyncResult
 
 
 def refresh(runs: list[RunDir], environ: Mapping[str, str]) -> tuple[list[RunRecord], list[str]]:
@@ -51,7 +51,7 @@ def sync(run: RunDir, environ: Mapping[str, str]) -> tuple[RunRecord, SyncResult
     record = load_record(run)
     if record.remote is None:
         raise UsageError(f"run {run.run_id} ran on the {record.backend} backend; only ssh runs need syncing")
-    from .backends.ssh import SSHBackend
+    from .ssh import SSHBackend
 
     backend = make_backend("ssh", environ)
     assert isinstance(backend, SSHBackend)
@@ -65,7 +65,7 @@ def sync(run: RunDir, environ: Mapping[str, str]) -> tuple[RunRecord, SyncResult
 def follow(run: RunDir, environ: Mapping[str, str]) -> bool:
     """Stream a remote run's output until it ends, then sync it; False if it had ended."""
     record = load_record(run)
-    from .backends.ssh import SSHBackend
+    from .ssh import SSHBackend
 
     backend = make_backend("ssh", environ)
     assert isinstance(backend, SSHBackend)

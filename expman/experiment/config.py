@@ -15,8 +15,9 @@ from functools import cached_property
 from importlib import resources as importlib_resources
 from typing import Any
 
-from .errors import ConfigError
-from .results.stdout import compile_patterns
+from ..errors import ConfigError
+from .patterns import compile_patterns
+from .sweep import expand_sweep
 
 CONFIG_FILE = "config.json"
 PROJECT_SCHEMA_FILE = "config.schema.json"
@@ -247,8 +248,6 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
     if section.get("slurm", {}).get("time"):
         parse_slurm_time(section["slurm"]["time"])
     if section.get("sweep"):
-        from .sweep import expand_sweep
-
         expand_sweep(document)
     if project_schema is not None:
         rest = {k: v for k, v in document.items() if k != SECTION}

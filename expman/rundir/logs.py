@@ -6,8 +6,8 @@ import sys
 import threading
 from typing import BinaryIO
 
-from .redact import Redactor
-from .rundir import RunDir
+from ..redact import Redactor
+from .layout import RunDir
 
 STDOUT, STDERR = "stdout", "stderr"
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BuildError, DockerUnavailableError
-from .redact import Redactor
+from ..errors import BuildError, DockerUnavailableError
+from ..redact import Redactor
 
 if TYPE_CHECKING:
     import docker
@@ -56,14 +56,6 @@ def engine_version(client: docker.DockerClient) -> str:
 
 def dockerfile_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
-
-
-def image_repository(configured: str | None, repo: Path) -> str:
-    """The image name: "image" from config, else expman/<repository directory name>."""
-    if configured:
-        return configured
-    name = re.sub(r"[^a-z0-9]+", "-", repo.name.lower()).strip("-") or "experiment"
-    return f"expman/{name}"
 
 
 def build_image(

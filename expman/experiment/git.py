@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (
+from ..errors import (
     DirtyTreeError,
     GitError,
     NotARepositoryError,

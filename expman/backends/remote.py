@@ -24,9 +24,9 @@ from typing import Any
 import docker
 import paramiko
 
-from .config import HostSettings
-from .errors import HostKeyError, RemoteError
-from .image import connect as connect_docker
+from ..errors import HostKeyError, RemoteError
+from ..experiment.config import HostSettings
+from .engine import connect as connect_docker
 
 CONNECT_TIMEOUT_S = 15.0
 KEEPALIVE_S = 15

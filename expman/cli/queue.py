@@ -1,7 +1,6 @@
-"""Commands of sweeps and the job queue: sweep --show, schedule, worker, status, retry, and
-cancel --sweep. Argument parsing and output only; the work is in sweep, scheduling,
-worker and queue. What only sweep and schedule need (submission, the config's schema) is
-imported there, so that workers and status start quickly."""
+"""Commands of sweeps and the job queue: ``sweep --show``, ``schedule``, ``worker``, ``status``
+and ``retry``. What only sweep and schedule need (the plan, the config's schema) is imported
+there, so that workers and status start quickly."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import argparse
 import json
 import os
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -17,79 +15,65 @@ from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from .backends import BACKENDS
-from .errors import ConfigError, ExpmanError, UsageError
-from .gitguard import find_repository
-from .progress import Reporter
-from .queue import CANCELLED, FAILED, JOB_STATES, PENDING, RUNNING, SUCCEEDED, Job, Queue, open_queue, queue_url
-from .record import CANCELLED as RUN_CANCELLED
-from .record import QUEUED, load_record, record_lock, write_record_locked
-from .rundir import RunDir, utc_now
-from .sweep import expand_sweep
-from .worker import run_workers
-
-RunsRoot = Callable[[argparse.Namespace], Path]
+from ..backends import BACKENDS
+from ..errors import ConfigError, UsageError
+from ..experiment.git import find_repository
+from ..experiment.sweep import expand_sweep
+from ..progress import Reporter
+from ..queue import JobState, queue_url
+from ..rundir.layout import utc_now
+from .common import Commands, add_queue, add_repo, add_runs_root, open_queue_of, runs_root
 
 
-AddRunsRoot = Callable[[argparse.ArgumentParser], None]
-
-
-def add_commands(commands: argparse._SubParsersAction, add_runs_root: AddRunsRoot) -> None:  # type: ignore[type-arg]
+def add_parsers(commands: Commands) -> None:
     p = commands.add_parser("sweep", help="show the combinations of the sweep in config.json")
     p.add_argument("--show", action="store_true", help="print every combination and their count (the default)")
     p.add_argument("--commit-hash", metavar="REF", help="read config.json at this commit (default: the work tree)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
+    add_repo(p)
+    p.set_defaults(handler=cmd_sweep)
 
     p = commands.add_parser("schedule", help="put the runs of a submit into the job queue for workers")
     p.add_argument("--commit-hash", metavar="REF", help="commit to run (hash, short hash, tag); default HEAD")
     p.add_argument("--backend", choices=sorted(b for b in BACKENDS if b != "slurm"), help="how workers run it")
     p.add_argument("--host", help="ssh backend: a host named in expman.hosts")
-    _add_queue(p)
-    p.add_argument("-C", "--repo", type=Path, default=Path("."), help="the experiment repository (default: .)")
+    add_queue(p)
+    add_repo(p)
+    p.set_defaults(handler=cmd_schedule)
 
     p = commands.add_parser("worker", help="claim jobs from the queue and run them until it is empty")
-    _add_queue(p)
+    add_queue(p)
     add_runs_root(p)
     p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="run N jobs at once (N worker processes)")
     p.add_argument("--backend", choices=sorted(b for b in BACKENDS if b != "slurm"), help="override the runs' backend")
     p.add_argument("--forever", action="store_true", help="wait for new jobs instead of exiting when none is left")
+    p.set_defaults(handler=cmd_worker)
 
     p = commands.add_parser("status", help="jobs per state, progress, ETA and live workers of the queue")
-    _add_queue(p)
+    add_queue(p)
     add_runs_root(p)
     p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=cmd_status)
 
     p = commands.add_parser("retry", help="put failed jobs back into the queue")
-    _add_queue(p)
+    add_queue(p)
     add_runs_root(p)
     p.add_argument("--failed", action="store_true", required=True, help="every failed job (of --sweep)")
     p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs")
     p.add_argument("--attempts", type=int, default=1, metavar="N", help="more attempts for each job (default 1)")
+    p.set_defaults(handler=cmd_retry)
 
 
-def _add_queue(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--queue",
-        metavar="URL",
-        help="sqlite:///path or postgresql://user@host/db (default: EXPMAN_QUEUE, else queue.sqlite in runs_root)",
-    )
-
-
-def open_from_args(args: argparse.Namespace, runs_root: Path) -> Queue:
-    return open_queue(queue_url(args.queue, runs_root, os.environ))
-
-
-def cmd_sweep(args: argparse.Namespace, argv: list[str], console: Console) -> int:
-    from .submission import config_at
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from ..experiment.plan import config_at
 
     repo = find_repository(args.repo)
     if args.commit_hash:
         config = config_at(repo, args.commit_hash)
         source = f"config.json at {args.commit_hash}"
     else:
-        from .config import load_config
+        from ..experiment.config import load_config
 
         try:
             text = (repo / "config.json").read_bytes()
@@ -121,15 +105,15 @@ def _read_optional(path: Path) -> bytes | None:
         return None
 
 
-def cmd_schedule(args: argparse.Namespace, argv: list[str], console: Console) -> int:
-    from .scheduling import schedule
-    from .submission import plan_submission
+def cmd_schedule(args: argparse.Namespace, console: Console) -> int:
+    from ..experiment.plan import plan_submission
+    from ..submit.schedule import schedule
 
     environ = dict(os.environ)
     plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host)
-    queue = open_from_args(args, plan.runs_root)
+    queue = open_queue_of(args, plan.runs_root)
     try:
-        result = schedule(plan, queue, environ, Reporter(), ["expman", *argv])
+        result = schedule(plan, queue, environ, Reporter(), ["expman", *args.argv])
     finally:
         queue.close()
     what = f"sweep {result.sweep_id}: " if result.sweep_id else ""
@@ -145,15 +129,17 @@ def cmd_schedule(args: argparse.Namespace, argv: list[str], console: Console) ->
     return 0
 
 
-def cmd_worker(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
+def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    from ..runners.worker import run_workers
+
     if args.jobs < 1:
         raise UsageError(f"-j {args.jobs}: give at least 1 worker")
     url = queue_url(args.queue, runs_root(args), os.environ)
-    return run_workers(args.jobs, url, os.environ, args.backend, args.forever, argv)
+    return run_workers(args.jobs, url, os.environ, args.backend, args.forever)
 
 
-def cmd_status(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
-    queue = open_from_args(args, runs_root(args))
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    queue = open_queue_of(args, runs_root(args))
     try:
         counts = queue.counts(args.sweep)
         workers = queue.live_workers()
@@ -161,8 +147,8 @@ def cmd_status(args: argparse.Namespace, argv: list[str], console: Console, runs
     finally:
         queue.close()
     total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in (SUCCEEDED, FAILED, CANCELLED))
-    remaining = counts.get(PENDING, 0) + counts.get(RUNNING, 0)
+    done = sum(counts.get(s, 0) for s in JobState if s.is_finished)
+    remaining = counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0)
     eta = _eta(durations, remaining, len(workers))
     if args.format == "json":
         rows = [{"id": w.id, "host": w.host, "pid": w.pid, "job": w.job_id, "jobs_done": w.jobs_done} for w in workers]
@@ -173,7 +159,7 @@ def cmd_status(args: argparse.Namespace, argv: list[str], console: Console, runs
         console.print(f"{queue.shown}: no jobs" + (f" in sweep {args.sweep}" if args.sweep else ""), markup=False)
         return 0
     console.print(
-        f"{queue.shown}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in JOB_STATES) + f" of {total}",
+        f"{queue.shown}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in JobState) + f" of {total}",
         markup=False,
         soft_wrap=True,
     )
@@ -214,56 +200,15 @@ def _clock(seconds: float | None) -> str:
     return f"{days}d{h:02d}h{m:02d}m" if days else f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def cancel_sweep(args: argparse.Namespace, console: Console, root: Path) -> int:
-    cancelled, asked = _cancel(queue_url(args.queue, root, os.environ), sweep_id=args.sweep)
-    console.print(
-        f"sweep {args.sweep}: {cancelled} pending jobs cancelled, {asked} running jobs asked to stop "
-        "(their workers stop them at the next heartbeat)",
-        markup=False,
-        soft_wrap=True,
-    )
-    return 0
+def cmd_retry(args: argparse.Namespace, console: Console) -> int:
+    from ..submit.schedule import retry_failed
 
-
-def cancel_queued_run(run: RunDir, url: str) -> tuple[int, int]:
-    """Cancel one scheduled run through the queue its record names: (cancelled, asked to stop)."""
-    return _cancel(url, run_id=run.run_id)
-
-
-def _cancel(url: str, sweep_id: str | None = None, run_id: str | None = None) -> tuple[int, int]:
-    queue = open_queue(url)
-    try:
-        cancelled, asked = queue.cancel(sweep_id=sweep_id, run_id=run_id)
-    finally:
-        queue.close()
-    _mark_runs(cancelled, RUN_CANCELLED, "cancelled by user before start")
-    return len(cancelled), len(asked)
-
-
-def cmd_retry(args: argparse.Namespace, argv: list[str], console: Console, runs_root: RunsRoot) -> int:
     if args.attempts < 1:
         raise UsageError(f"--attempts {args.attempts}: give at least 1")
-    queue = open_from_args(args, runs_root(args))
+    queue = open_queue_of(args, runs_root(args))
     try:
-        jobs = queue.retry_failed(args.sweep, args.attempts)
+        jobs = retry_failed(queue, args.sweep, args.attempts)
     finally:
         queue.close()
-    _mark_runs(jobs, QUEUED, "retry requested")
     console.print(f"{len(jobs)} failed jobs back in the queue, {args.attempts} more attempts each", markup=False)
     return 0
-
-
-def _mark_runs(jobs: list[Job], status: str, reason: str) -> None:
-    for job in jobs:
-        run = RunDir(Path(job.run_dir))
-        try:
-            with record_lock(run):
-                record = load_record(run)
-                record.status, record.reason = status, reason
-                if status == QUEUED:
-                    record.ended_at = record.duration_s = record.exit_code = None
-                else:
-                    record.ended_at = utc_now().isoformat()
-                write_record_locked(run, record)
-        except (OSError, ExpmanError):
-            continue  # the run directory lives on another machine; the queue is the truth

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from .errors import GitError, UnsafeArchiveError
-from .gitguard import git_environment
+from ..errors import GitError, UnsafeArchiveError
+from .git import git_environment
 
 CODE_DIR = "code"
 CONFIG_DIR = "expman"

@@ -9,13 +9,16 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import UsageError
-from .progress import Reporter
-from .record import STATUSES, SUCCEEDED
-from .results.options import AGGREGATES, DEFAULT_SEED_KEYS, DEFAULT_STATS, FORMATS
+from ..errors import UsageError
+from ..progress import Reporter
+from ..results.options import AGGREGATES, DEFAULT_SEED_KEYS, DEFAULT_STATS, FORMATS
+from ..rundir.record import RunStatus
+from .common import Commands, add_runs_root, runs_root
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_parsers(commands: Commands) -> None:
+    p = commands.add_parser("table", help="aggregate runs into a table (mean ± std over seeds)")
+    add_runs_root(p)
     p.add_argument("--rows", action="append", default=[], metavar="KEY", help="row key(s), comma-separated or repeated")
     p.add_argument("--cols", action="append", default=[], metavar="KEY", help="column key(s)")
     p.add_argument(
@@ -31,7 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="key=value, key!=value, key<value, key>value (repeatable)",
     )
     p.add_argument(
-        "--status", choices=STATUSES, action="append", help=f"runs with this status (repeatable; default {SUCCEEDED})"
+        "--status",
+        choices=list(RunStatus),
+        action="append",
+        help=f"runs with this status (repeatable; default {RunStatus.SUCCEEDED})",
     )
     p.add_argument("--commit", help="only runs of commits starting with this")
     p.add_argument("--branch", help="only runs of this branch")
@@ -57,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the results cache")
     p.add_argument("--list", action="store_true", help="list the columns a table can use, with example values")
     p.add_argument("-o", "--output", type=Path, help="write the table to this file instead of stdout")
+    p.set_defaults(handler=cmd_table)
 
 
 def _split(values: list[str]) -> list[str]:
@@ -68,12 +75,13 @@ def _scalar_stats(names: list[str]) -> tuple[str, ...]:
     return tuple(sorted(stats))
 
 
-def run(args: argparse.Namespace, console: Console, runs_root: Path) -> int:
+def cmd_table(args: argparse.Namespace, console: Console) -> int:
     # numpy and pandas are loaded only when a table is made, not for every command
-    from .results.export import render, rich_table
-    from .results.loader import load_runs
-    from .results.table import build_table
+    from ..results.export import render, rich_table
+    from ..results.loader import load_runs
+    from ..results.table import build_table
 
+    root = runs_root(args)
     parse = {}
     for item in args.parse:
         name, sep, pattern = item.partition("=")
@@ -84,8 +92,8 @@ def run(args: argparse.Namespace, console: Console, runs_root: Path) -> int:
     stats = DEFAULT_STATS if args.list or not args.value else _scalar_stats(named)
     with Reporter().bar("loading runs") as progress:
         frame = load_runs(
-            runs_root,
-            status=args.status or SUCCEEDED,
+            root,
+            status=args.status or RunStatus.SUCCEEDED,
             commit=args.commit,
             branch=args.branch,
             where=args.where,
@@ -98,7 +106,7 @@ def run(args: argparse.Namespace, console: Console, runs_root: Path) -> int:
         )
     if frame.empty:
         raise UsageError(
-            f"no runs under {runs_root} match; check --status/--commit/--branch/--where ('expman runs' lists runs)"
+            f"no runs under {root} match; check --status/--commit/--branch/--where ('expman runs' lists runs)"
         )
     if args.list:
         return _list_columns(frame, console)

@@ -1,4 +1,4 @@
-"""``python -m expman.supervise RUN_DIR``: execute a prepared run without a terminal.
+"""``python -m expman.runners.supervise RUN_DIR``: execute a prepared run without a terminal.
 
 Started by ``expman submit --detach`` in its own session, so the run goes on after the
 submitting shell exits. Everything it needs is in the run directory's record.
@@ -10,11 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from .backends import make_backend
-from .backends.base import execute
-from .errors import ExpmanError
-from .record import load_record
-from .rundir import RunDir, utc_now
+from ..backends import make_backend
+from ..backends.base import execute
+from ..errors import ExpmanError
+from ..rundir.layout import RunDir, utc_now
+from ..rundir.record import RunStatus, load_record
 
 
 def main(argv: list[str]) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     except ExpmanError as exc:
         print(exc.message, file=sys.stderr)
         return exc.exit_code
-    return 0 if final.status == "succeeded" else 1
+    return 0 if final.status == RunStatus.SUCCEEDED else 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``expman schedule``: the runs of a submit go into the job queue instead of running here.
+"""The job queue's side of runs: ``expman schedule`` puts the runs of a submit into the queue
+instead of running them here; ``cancel`` and ``retry`` change queued jobs and their records.
 
 Every check of ``expman submit`` happens first. Then each combination of the sweep gets a
 job key, and only combinations whose key is not already pending, running or succeeded in the
@@ -15,16 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from .backends import make_backend
-from .errors import UsageError
-from .progress import Reporter
-from .queue import NewJob, Queue
-from .record import RunRecord
-from .rundir import Clock, utc_now
-from .submission import Plan, RunSpec, create_runs, run_specs, sweep_id
+from ..backends import make_backend
+from ..errors import ExpmanError, UsageError
+from ..experiment.plan import Plan
+from ..progress import Reporter
+from ..queue import Job, NewJob, Queue
+from ..rundir import lifecycle
+from ..rundir.layout import Clock, RunDir, utc_now
+from ..rundir.record import RunRecord, RunStatus
+from .create import RunSpec, create_runs, run_specs, sweep_id
 
 
 @dataclass
@@ -89,3 +93,31 @@ def schedule(
         else:  # scheduled by someone else between our look and our insert
             shutil.rmtree(run.path, ignore_errors=True)
     return Scheduled(sweep_id(plan) if swept else None, records, len(plan.combinations) - len(records))
+
+
+def cancel_jobs(queue: Queue, sweep_id: str | None = None, run_id: str | None = None) -> tuple[int, int]:
+    """Cancel the pending jobs (of a sweep, or one run's) and record their runs cancelled; ask
+    the running ones to stop (their workers stop them). Returns (cancelled, asked)."""
+    cancelled, asked = queue.cancel(sweep_id=sweep_id, run_id=run_id)
+    for job in cancelled:
+        _change_record(job, lambda run: lifecycle.end_if_not_final(run, utc_now(), _cancelled_before_start))
+    return len(cancelled), len(asked)
+
+
+def retry_failed(queue: Queue, sweep_id: str | None, tries: int) -> list[Job]:
+    """Failed jobs go back to the queue with ``tries`` more attempts; their runs are queued again."""
+    jobs = queue.retry_failed(sweep_id, tries)
+    for job in jobs:
+        _change_record(job, lambda run: lifecycle.requeue(run, "retry requested"))
+    return jobs
+
+
+def _cancelled_before_start(record: RunRecord) -> tuple[RunStatus, str]:
+    return RunStatus.CANCELLED, "cancelled by user before start"
+
+
+def _change_record(job: Job, change: Callable[[RunDir], RunRecord]) -> None:
+    try:
+        change(RunDir(Path(job.run_dir)))
+    except (OSError, ExpmanError):
+        pass  # the run directory lives on another machine; the queue is the truth

@@ -1,0 +1,70 @@
+"""What the commands share: options (runs root, queue, repository, --offline), the one
+runs-root lookup, and the consoles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import ExpmanError
+from ..experiment.config import CONFIG_FILE, SECTION
+from ..experiment.git import find_repository
+from ..queue import Queue, open_queue, queue_url
+from ..rundir.layout import resolve_runs_root
+
+Commands = argparse._SubParsersAction  # type: ignore[type-arg]
+
+
+def add_repo(parser: argparse.ArgumentParser, shown: bool = True) -> None:
+    help = "the experiment repository (default: .)" if shown else argparse.SUPPRESS
+    parser.add_argument("-C", "--repo", type=Path, default=Path("."), help=help)
+
+
+def add_runs_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs-root",
+        type=Path,
+        help="default: EXPMAN_RUNS_ROOT, config.json's runs_root, or ~/.local/share/expman/runs",
+    )
+    add_repo(parser, shown=False)
+
+
+def add_queue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--queue",
+        metavar="URL",
+        help="sqlite:///path or postgresql://user@host/db (default: EXPMAN_QUEUE, else queue.sqlite in runs_root)",
+    )
+
+
+def add_offline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--offline", action="store_true", help="show the status as last recorded; do not ask hosts or Slurm"
+    )
+
+
+def runs_root(args: argparse.Namespace) -> Path:
+    """--runs-root, else EXPMAN_RUNS_ROOT, else runs_root from the repository's config.json
+    (the work tree's: looking at runs needs no clean tree), else the default data dir."""
+    if getattr(args, "runs_root", None):
+        return Path(args.runs_root).expanduser().absolute()
+    configured, repo = None, None
+    try:
+        repo = find_repository(args.repo)
+        section = json.loads((repo / CONFIG_FILE).read_text()).get(SECTION, {})
+        configured = section.get("runs_root") if isinstance(section, dict) else None
+    except (ExpmanError, OSError, ValueError):
+        pass
+    return resolve_runs_root(configured, repo, os.environ)
+
+
+def open_queue_of(args: argparse.Namespace, root: Path) -> Queue:
+    return open_queue(queue_url(args.queue, root, os.environ))
+
+
+def warn(message: str) -> None:
+    Console(stderr=True, highlight=False).print(f"expman: warning: {message}", markup=False, style="yellow")

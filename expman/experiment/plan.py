@@ -1,0 +1,98 @@
+"""Everything decided about a submission before anything is written: every git and
+configuration check runs here, and a refusal raises before a file exists."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..rundir.layout import resolve_runs_root
+from . import git
+from .config import (
+    CONFIG_FILE,
+    PROJECT_SCHEMA_FILE,
+    ExperimentConfig,
+    HostSettings,
+    SlurmSettings,
+    load_config,
+)
+from .sweep import Combination, expand_sweep
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before anything is written."""
+
+    repo: Path
+    commit: str
+    commit_info: git.CommitInfo
+    config: ExperimentConfig
+    config_bytes: bytes
+    backend: str
+    runs_root: Path
+    dockerfile: bytes | None
+    image_tag: str
+    combinations: list[Combination]
+    host: HostSettings | None = None
+    slurm: SlurmSettings = SlurmSettings()
+
+
+def plan_submission(
+    path: Path,
+    ref: str | None,
+    backend: str | None,
+    environ: Mapping[str, str],
+    host: str | None = None,
+    slurm_overrides: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Run every git and configuration check; refuse (raise) before anything is written."""
+    repo = git.find_repository(path)
+    head_config = config_at(repo, "HEAD")
+    settings = head_config.settings
+    git.ensure_branch(repo, settings.branch, explicit_ref=ref is not None)
+    git.ensure_clean_tree(repo, settings.allow_untracked)
+    commit = git.resolve_commit(repo, ref or "HEAD")
+    git.ensure_reachable(repo, commit, settings.branch)
+    if settings.require_pushed:
+        git.ensure_pushed(repo, commit, settings.branch, settings.remote)
+    git.ensure_plain_content(repo, commit)
+    config = head_config if ref is None else config_at(repo, commit)
+    config_bytes = git.read_file_at(repo, commit, CONFIG_FILE) or b""
+    dockerfile = git.read_file_at(repo, commit, config.settings.dockerfile)
+    backend = backend or config.settings.backend
+    slurm = dataclasses.replace(config.settings.slurm, **(slurm_overrides or {}))
+    return Plan(
+        repo=repo,
+        commit=commit,
+        commit_info=git.commit_info(repo, commit),
+        config=config,
+        config_bytes=config_bytes,
+        backend=backend,
+        runs_root=resolve_runs_root(config.settings.runs_root, repo, environ),
+        dockerfile=dockerfile,
+        image_tag=f"{image_repository(config.settings.image, repo)}:{commit[:12]}",
+        combinations=expand_sweep(config.document),
+        host=config.settings.host_settings(host) if backend == "ssh" else None,
+        slurm=slurm,
+    )
+
+
+def config_at(repo: Path, commit: str) -> ExperimentConfig:
+    text = git.read_file_at(repo, commit, CONFIG_FILE)
+    where = f"{CONFIG_FILE} at {commit if commit == 'HEAD' else commit[:12]}"
+    if text is None:
+        raise ConfigError(f'{where}: no such file; commit a {CONFIG_FILE} with an "expman" section')
+    return load_config(text, where, git.read_file_at(repo, commit, PROJECT_SCHEMA_FILE))
+
+
+def image_repository(configured: str | None, repo: Path) -> str:
+    """The image name: "image" from config, else expman/<repository directory name>."""
+    if configured:
+        return configured
+    name = re.sub(r"[^a-z0-9]+", "-", repo.name.lower()).strip("-") or "experiment"
+    return f"expman/{name}"

@@ -1,0 +1,2 @@
+"""Processes that run prepared runs: the queue worker, the detached supervisor and the Slurm
+node task."""
