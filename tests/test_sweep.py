@@ -129,3 +129,40 @@ def test_sweep_show_prints_every_combination(make_repo: Any, capsys: Any) -> Non
     ]
     assert main(["sweep", "--show", "-C", str(repo.path)]) == 0
     assert "6 combinations" in capsys.readouterr().out
+
+
+def test_a_sweep_of_one_combination_runs_that_combination(make_repo: Any, runs_root: Any) -> None:
+    """Fault 1: a one-value sweep must run the swept value, and the record says it was swept."""
+    repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [7]}})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    assert json.loads((run / "config.json").read_text())["train"]["train_seed"] == 7
+    record = json.loads((run / "run.json").read_text())
+    assert record["sweep"]["values"] == {"train.train_seed": 7} and record["sweep"]["count"] == 1
+
+
+def test_duplicate_combinations_collapse_before_anything_is_created() -> None:
+    """Fault 3: equal values (0.1 and 1e-1; dicts in other key orders) are one combination."""
+    combos = expand({"train.lr": json.loads("[0.1, 1e-1, 0.2]"), "model.act": [{"a": 1, "b": 2}, {"b": 2, "a": 1}]})
+    assert [c.values for c in combos] == [
+        {"train.lr": 0.1, "model.act": {"a": 1, "b": 2}},
+        {"train.lr": 0.2, "model.act": {"a": 1, "b": 2}},
+    ]
+    assert [c.index for c in combos] == [0, 1]
+    ints_and_floats = expand({"train.seed": [1, 1.0, True]})
+    assert [c.values["train.seed"] for c in ints_and_floats] == [1, 1.0, True]  # different to the program
+
+
+def test_scheduling_duplicates_leaves_no_run_queued_forever(
+    make_repo: Any, runs_root: Any, tmp_path: Any, capsys: Any
+) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    sweep = {"train.train_seed": json.loads("[0.1, 1e-1, 0.2, 2e-1]"), "repeat": 2}
+    repo = make_repo({"backend": "process", "sweep": sweep})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    out = capsys.readouterr()
+    assert "4 runs scheduled" in out.out and "duplicate" in out.err
+    runs = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    assert len(runs) == 4
+    assert main(["worker", "--queue", url]) == 0
+    assert {json.loads((p / "run.json").read_text())["status"] for p in runs} == {"succeeded"}

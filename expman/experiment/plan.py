@@ -21,7 +21,7 @@ from .config import (
     SlurmSettings,
     load_config,
 )
-from .sweep import Combination, expand_sweep
+from .sweep import Combination, Sweep, expand
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,13 @@ class Plan:
     runs_root: Path
     dockerfile: bytes | None
     image_tag: str
-    combinations: list[Combination]
+    sweep: Sweep
     host: HostSettings | None = None
     slurm: SlurmSettings = SlurmSettings()
+
+    @property
+    def combinations(self) -> list[Combination]:
+        return self.sweep.combinations
 
 
 def plan_submission(
@@ -76,7 +80,7 @@ def plan_submission(
         runs_root=resolve_runs_root(config.settings.runs_root, repo, environ),
         dockerfile=dockerfile,
         image_tag=f"{image_repository(config.settings.image, repo)}:{commit[:12]}",
-        combinations=expand_sweep(config.document),
+        sweep=expand(config.document),
         host=config.settings.host_settings(host) if backend == "ssh" else None,
         slurm=slurm,
     )

@@ -17,10 +17,14 @@ slowest, so a partly finished sweep has covered the whole grid before any repeat
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from ..errors import ConfigError
 
@@ -42,12 +46,44 @@ class Combination:
         return f"{text} #{self.repeat}".strip() if self.repeats > 1 else text
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """The expansion of a config's "sweep": its combinations, whether there is a sweep at all
+    (one of a single value is still a sweep: that value runs), and the duplicate
+    combinations collapsed into the first of their kind (as "key=value ..." labels)."""
+
+    combinations: list[Combination]
+    swept: bool
+    duplicates: list[str]
+    collapsed: int  # combinations dropped, repeats included
+
+
 def expand_sweep(document: dict[str, Any]) -> list[Combination]:
     """Every combination of ``document["expman"]["sweep"]``; one empty combination when there is none."""
+    return expand(document).combinations
+
+
+def expand(document: dict[str, Any]) -> Sweep:
+    """The sweep of ``document``; equal combinations (0.1 and 1e-1, objects in another key
+    order) are one, while 1, 1.0 and true stay three (they differ to the program)."""
     sweep = dict(document.get(SECTION, {}).get("sweep") or {})
     repeats = sweep.pop(REPEAT, 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise ConfigError(f'expman.sweep.repeat: {repeats!r} is not a positive integer; write e.g. "repeat": 10')
+        raise ConfigError(f'expman.sweep: repeat: {repeats!r} is not a positive integer; write e.g. "repeat": 10')
+    axes = _axes(document, sweep)
+    size = math.prod(len(axis) for axis in axes) * repeats
+    if size > MAX_COMBINATIONS:
+        raise ConfigError(f"expman.sweep: {size:,} combinations (more than {MAX_COMBINATIONS:,}); sweep fewer values")
+    grid, duplicates = _distinct(_merge(parts) for parts in itertools.product(*axes))
+    combinations = [
+        Combination(index, values, repeat, repeats)
+        for index, (repeat, values) in enumerate((r, v) for r in range(repeats) for v in grid)
+    ]
+    swept = bool(axes) or repeats > 1
+    return Sweep(combinations, swept, duplicates=duplicates, collapsed=len(duplicates) * repeats)
+
+
+def _axes(document: dict[str, Any], sweep: dict[str, Any]) -> list[list[dict[str, Any]]]:
     axes: list[list[dict[str, Any]]] = []
     for key, spec in sweep.items():
         if key == ZIP:
@@ -59,14 +95,29 @@ def expand_sweep(document: dict[str, Any]) -> list[Combination]:
     twice = sorted({key for key in keys if keys.count(key) > 1})
     if twice:
         raise ConfigError(f"expman.sweep: {', '.join(twice)} varied twice (in the grid and a zip group); keep one")
-    size = math.prod(len(axis) for axis in axes) * repeats
-    if size > MAX_COMBINATIONS:
-        raise ConfigError(f"expman.sweep: {size:,} combinations (more than {MAX_COMBINATIONS:,}); sweep fewer values")
-    grid = [_merge(parts) for parts in itertools.product(*axes)]
-    return [
-        Combination(index, values, repeat, repeats)
-        for index, (repeat, values) in enumerate((r, v) for r in range(repeats) for v in grid)
-    ]
+    return axes
+
+
+def _distinct(grid: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The grid without repeated combinations (compared as canonical JSON), and the labels
+    of those dropped."""
+    seen: set[bytes] = set()
+    kept, dropped = [], []
+    for values in grid:
+        key = _canonical(values)
+        if key in seen:
+            dropped.append(Combination(0, values).label)
+        else:
+            seen.add(key)
+            kept.append(values)
+    return kept, dropped
+
+
+def _canonical(values: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(values, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(values, sort_keys=True).encode()
 
 
 def values_of(where: str, spec: Any) -> list[Any]:

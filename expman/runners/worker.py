@@ -88,7 +88,7 @@ class Worker:
         environ: Mapping[str, str],
         backend: str | None = None,
         forever: bool = False,
-        out: TextIO = sys.stdout,
+        out: TextIO | None = None,
         idle_poll_s: float = IDLE_POLL_S,
     ) -> None:
         self.id = f"{hostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -96,7 +96,7 @@ class Worker:
         self.environ = environ
         self.backend_name = backend
         self.forever = forever
-        self.out = out
+        self.out = out or sys.stdout  # looked up now: the module may be imported while stdout is redirected
         self.idle_poll_s = idle_poll_s
         self.queue = open_queue(url, application_name=f"expman-worker {self.id}")
         self._stopping = False

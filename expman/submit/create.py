@@ -43,7 +43,8 @@ class RunSpec:
 
 
 def run_specs(plan: Plan) -> list[RunSpec]:
-    if len(plan.combinations) == 1:
+    """One spec per combination; without a sweep, the committed config as it is."""
+    if not plan.sweep.swept:
         return [RunSpec(plan.combinations[0], plan.config.document, plan.config.config_hash)]
     documents = [effective_config(plan.config.document, c) for c in plan.combinations]
     return [RunSpec(c, d, hash_config(d)) for c, d in zip(plan.combinations, documents, strict=True)]
@@ -69,6 +70,9 @@ def create_runs(
     as any passing state, but syncing the whole filesystem would make a schedule wait for
     everyone else's writes too."""
     specs = run_specs(plan) if specs is None else specs
+    if plan.sweep.collapsed:
+        shown = ", ".join(plan.sweep.duplicates[:5]) + (", ..." if len(plan.sweep.duplicates) > 5 else "")
+        reporter.info(f"sweep: {plan.sweep.collapsed} duplicate combinations collapsed into the first ({shown})")
     template = new_record(plan, backend, argv, clock)
     runs: list[tuple[RunDir, RunRecord]] = []
     for spec in specs:
@@ -96,7 +100,7 @@ def create_runs(
 
 
 def _sweep_entry(plan: Plan, combination: Combination) -> dict[str, Any] | None:
-    if len(plan.combinations) == 1:
+    if not plan.sweep.swept:
         return None
     return {
         "id": sweep_id(plan),

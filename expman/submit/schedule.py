@@ -58,33 +58,17 @@ def schedule(
             "schedule with --backend local, process or ssh, and start the workers as Slurm jobs"
         )
     backend.check(plan)
-    swept = len(plan.combinations) > 1
-    specs = run_specs(plan)
-    keys = {s.combination.index: job_key(plan.commit, s.config_hash, s.combination.repeat) for s in specs}
-    live = queue.live_keys(list(keys.values()))
-    fresh = [s for s in specs if keys[s.combination.index] not in live]
+    the_sweep = sweep_id(plan) if plan.sweep.swept else None
+    keys, fresh = _fresh_specs(plan, queue)
 
     def annotate(spec: RunSpec, record: RunRecord) -> None:
         record.queue = {"url": queue.shown, "key": keys[spec.combination.index]}
 
     runs = create_runs(plan, backend, argv, clock, reporter, fresh, annotate) if fresh else []
-    settings = plan.config.settings.queue
-    jobs = []
-    for spec, (run, _) in zip(fresh, runs, strict=True):
-        combination = spec.combination
-        jobs.append(
-            NewJob(
-                key=keys[combination.index],
-                run_id=run.run_id,
-                run_dir=str(run.path),
-                label=combination.label,
-                sweep_id=sweep_id(plan) if swept else None,
-                priority=settings.priority,
-                max_attempts=settings.max_attempts,
-                lease_s=settings.lease_s,
-                backoff_s=settings.backoff_s,
-            )
-        )
+    jobs = [
+        _new_job(plan, run, spec, keys[spec.combination.index], the_sweep)
+        for spec, (run, _) in zip(fresh, runs, strict=True)
+    ]
     added = queue.add(jobs) if jobs else set()
     records = []
     for job, (run, record) in zip(jobs, runs, strict=True):
@@ -92,7 +76,30 @@ def schedule(
             records.append(record)
         else:  # scheduled by someone else between our look and our insert
             shutil.rmtree(run.path, ignore_errors=True)
-    return Scheduled(sweep_id(plan) if swept else None, records, len(plan.combinations) - len(records))
+    return Scheduled(the_sweep, records, len(plan.combinations) - len(records))
+
+
+def _fresh_specs(plan: Plan, queue: Queue) -> tuple[dict[int, str], list[RunSpec]]:
+    """Each combination's job key, and the specs whose key is not live in the queue yet."""
+    specs = run_specs(plan)
+    keys = {s.combination.index: job_key(plan.commit, s.config_hash, s.combination.repeat) for s in specs}
+    live = queue.live_keys(list(keys.values()))
+    return keys, [s for s in specs if keys[s.combination.index] not in live]
+
+
+def _new_job(plan: Plan, run: RunDir, spec: RunSpec, key: str, sweep: str | None) -> NewJob:
+    settings = plan.config.settings.queue
+    return NewJob(
+        key=key,
+        run_id=run.run_id,
+        run_dir=str(run.path),
+        label=spec.combination.label,
+        sweep_id=sweep,
+        priority=settings.priority,
+        max_attempts=settings.max_attempts,
+        lease_s=settings.lease_s,
+        backoff_s=settings.backoff_s,
+    )
 
 
 def cancel_jobs(queue: Queue, sweep_id: str | None = None, run_id: str | None = None) -> tuple[int, int]:
