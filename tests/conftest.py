@@ -47,9 +47,53 @@ elif mode == "checkpoint":  # SIGUSR1 writes a checkpoint; the run goes on
     time.sleep(job["seconds"])
 elif mode == "env":
     print(json.dumps(dict(os.environ), sort_keys=True), flush=True)
+elif mode == "signals":  # note every signal received (SIGTERM ends the run unless ignored)
+    import signal, subprocess
+    def on_signal(signum, frame):
+        with open(os.path.join(out, "signals.txt"), "a") as f:
+            f.write(f"{os.getpid()} {signal.Signals(signum).name}\\n")
+        if signum == signal.SIGTERM and not job.get("ignore_term"):
+            sys.exit(0)
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        signal.signal(getattr(signal, name), on_signal)
+    if job.get("grandchild"):  # in a session of its own, holding stdout open
+        daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        with open(os.path.join(out, "grandchild.pid"), "w") as f:
+            f.write(str(daemon.pid))
+    with open(os.path.join(out, "ready.txt"), "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + job["seconds"]
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+elif mode == "resumable":  # counts steps; SIGUSR1 saves the count, SIGTERM ends; a new attempt resumes
+    import signal
+    state = os.path.join(out, "step.txt")
+    step = int(open(state).read()) if os.path.exists(state) else 0
+    with open(os.path.join(out, "resumes.txt"), "a") as f:
+        f.write(f"{step}\\n")
+    def note(name):
+        with open(os.path.join(out, "signals.txt"), "a") as f:
+            f.write(f"{os.getpid()} {name} {step}\\n")
+    def on_usr1(signum, frame):
+        note("SIGUSR1")
+        with open(state + ".tmp", "w") as f:
+            f.write(str(step))
+        os.replace(state + ".tmp", state)
+    def on_term(signum, frame):
+        note("SIGTERM")
+        sys.exit(143)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGTERM, on_term)
+    with open(os.path.join(out, "ready.txt"), "a") as f:
+        f.write(str(os.getpid()) + "\\n")
+    while step < job["steps"]:
+        time.sleep(0.1)
+        step += 1
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"accuracy": 0.9, "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}, f)
 """
+WRAPPER = "python3 job.py\n"  # a shell wrapper whose child runs in the foreground (not exec)
+CHECKPOINTED = "trap '' USR1\npython3 job.py\n"  # the same, surviving the checkpoint signal itself
 DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY requirements.txt /tmp/requirements.txt\nRUN echo v1 > /image-marker\n"
 
 
@@ -108,6 +152,8 @@ def init_repo(path: Path, expman: dict[str, Any] | None = None, job: dict[str, A
             "Dockerfile": DOCKERFILE,
             "requirements.txt": "numpy\n",
             "job.py": JOB,
+            "run.sh": WRAPPER,
+            "checkpointed.sh": CHECKPOINTED,
             ".gitignore": "*.pyc\n",
         },
         "initial experiment",

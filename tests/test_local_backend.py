@@ -68,7 +68,8 @@ def test_successful_run_record_outputs_and_contract(docker_client, make_repo, ru
     assert record["git"]["author"] == "Test Researcher" and record["git"]["branch"] == "experiments"
     assert record["image"]["image_id"].startswith("sha256:") and record["image"]["engine_version"]
     assert record["image"]["dockerfile_hash"] and record["host_facts"]["cpu_count"] > 0
-    assert record["submitter"]["uid"] == os.getuid() and record["peak_memory_bytes"] > 0
+    assert record["submitter"]["uid"] == os.getuid()
+    assert record["duration_s"] >= 0  # the program's own time, from the engine
     assert {p.name for p in run.iterdir()} == {"run.json", "config.json", "code.tar", "logs", "output"}
     assert {p.name for p in (run / "logs").iterdir()} >= {"stdout.log", "stderr.log", "build.log"}
     results = json.loads((run / "output" / "results.json").read_text())
@@ -99,7 +100,8 @@ def test_container_settings_seen_by_the_engine(docker_client, make_repo, runs_ro
     mounts = attrs["Mounts"]
     assert [m["Destination"] for m in mounts] == ["/output"]
     assert not any("docker.sock" in m["Source"] for m in mounts)
-    assert wait_for_status(runs_root, {"succeeded"})["status"] == "succeeded"
+    final = wait_for_status(runs_root, {"succeeded"})
+    assert final["peak_memory_bytes"] > 0  # sampled from the engine's stats while it ran
 
 
 def test_gpus_become_device_requests(tmp_path):

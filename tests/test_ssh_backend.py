@@ -132,13 +132,21 @@ def test_detached_remote_run_status_sync_and_cancel(remote_repo, sshd, runs_root
 
 
 def test_remote_timeout_is_enforced_when_the_status_is_read(remote_repo, runs_root):
-    repo = remote_repo(job={"mode": "sleep", "seconds": 120})
-    repo.set_expman(resources={"timeout": "2s"})
+    """A detached run past its timeout is asked to stop (SIGTERM to every process, a
+    wrapper's child included), and recorded as a timeout once it has ended."""
+    repo = remote_repo(job={"mode": "signals", "seconds": 120})
+    repo.set_expman(command=["bash", "run.sh"], resources={"timeout": "2s", "kill_grace": "60s"})
     assert submit(repo.path, "--detach") == 0
     time.sleep(3)
-    assert main(["runs"]) == 0
+    deadline = time.monotonic() + 60
+    while read_record(only_run(runs_root))["status"] == "running" and time.monotonic() < deadline:
+        assert main(["runs"]) == 0
+        time.sleep(0.5)
     record = read_record(only_run(runs_root))
     assert record["status"] == "failed" and record["reason"] == "timeout"
+    assert main(["sync", record["run_id"]]) == 0
+    signals = (only_run(runs_root) / "output" / "signals.txt").read_text().split()
+    assert signals[1::2] == ["SIGTERM"] and record["exit_code"] == 143
 
 
 @pytest.mark.parametrize("problem", ["wrong key", "unknown key", "refused login", "unreachable"])

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from signal import SIGKILL, SIGTERM
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from ..experiment.plan import Plan
     from ..progress import Reporter
 
-STOP_GRACE_S = 10.0
+DEFAULT_KILL_GRACE_S = 30.0
 RUNNING_RECORD_AFTER_S = 1.0
 CANCEL_WAIT_S = 60.0
 DETACH_START_TIMEOUT_S = 120.0
@@ -49,22 +50,27 @@ Interpretation = Callable[[RunRecord], tuple[RunStatus, str]]
 
 
 class Execution(abc.ABC):
-    """A started run: one container or one process."""
+    """A started run: one container or one process tree."""
 
     @abc.abstractmethod
     def wait(self, timeout_s: float | None) -> int | None:
         """The exit code once ended (output fully pumped), or None if ``timeout_s`` passed."""
 
     @abc.abstractmethod
-    def stop(self, grace_s: float) -> None:
-        """Ask the program to end (SIGTERM), kill it after ``grace_s``."""
-
-    @abc.abstractmethod
-    def kill(self) -> None: ...
-
-    @abc.abstractmethod
     def signal(self, signum: int) -> None:
-        """Deliver ``signum`` to the program (e.g. SIGUSR1: checkpoint now)."""
+        """Deliver ``signum`` to every process of the program (e.g. SIGUSR1: checkpoint now)."""
+
+    def kill(self) -> None:
+        self.signal(SIGKILL)
+
+    def stop(self, grace_s: float, signals: Sequence[int] = (SIGTERM,)) -> None:
+        """Ask the program to end with each of ``signals`` in turn, sharing ``grace_s`` between
+        them; kill it if it has not ended by then."""
+        for signum in signals:
+            self.signal(signum)
+            if self.wait(grace_s / len(signals)) is not None:
+                return
+        self.kill()
 
     @abc.abstractmethod
     def end_state(self, exit_code: int) -> EndState:
@@ -240,6 +246,30 @@ def start_supervisor(run: RunDir, environ: Mapping[str, str]) -> RunRecord:
 # --- the execution flow ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Stopping:
+    """How a program is asked to stop (a timeout, a cancel, a worker or node going away): its
+    stop signal, then SIGKILL after the grace; a run that will be tried again is first sent
+    the checkpoint signal, if there is one, sharing the grace."""
+
+    grace_s: float
+    signal: int = signal.SIGTERM
+    checkpoint: int | None = None
+
+    @classmethod
+    def of(cls, record: RunRecord, max_grace_s: float | None = None, checkpoint: int | None = None) -> Stopping:
+        grace_s = float(record.resources.get("kill_grace_s", DEFAULT_KILL_GRACE_S))
+        if max_grace_s is not None:
+            grace_s = min(grace_s, max_grace_s)
+        name = str(record.resources.get("stop_signal") or "TERM")
+        return cls(grace_s, signal.Signals["SIG" + name.removeprefix("SIG")], checkpoint)
+
+    def signals(self, status: RunStatus) -> tuple[int, ...]:
+        if status == RunStatus.QUEUED and self.checkpoint is not None:
+            return (self.checkpoint, self.signal)
+        return (self.signal,)
+
+
 def execute(
     backend: Backend,
     run: RunDir,
@@ -249,13 +279,15 @@ def execute(
     recorder: Recorder | None = None,
     forward: Sequence[int] = (),
     interpret: Interpretation | None = None,
-    stop_grace_s: float = STOP_GRACE_S,
+    max_grace_s: float | None = None,
+    checkpoint_signal: int | None = None,
 ) -> RunRecord:
     """Start the run, wait for it under its timeout, and record how it ended.
 
     SIGINT (Ctrl-C) and SIGTERM stop the run and record it as cancelled (or as ``interpret``
-    says); signals in ``forward`` are passed on to the program. If a write of the record
-    raises, the program is stopped and the error passed on.
+    says: a requeue, a lost lease); signals in ``forward`` are passed on to the program. A
+    stop asks first and kills after the grace (``Stopping``). If a write of the record raises,
+    the program is stopped and the error passed on.
     """
     recorder = recorder or Recorder(run)
     sink = LogSink(run, backend.redactor, echo)
@@ -268,9 +300,8 @@ def execute(
         if execution is None:
             return record
         previous.update(_install_forwarders(forward, execution))
-        status, reason, exit_code = _follow(execution, record, switch, recorder, stop_grace_s)
-        if status == RunStatus.CANCELLED and interpret is not None:
-            status, reason = interpret(record)
+        stopping = Stopping.of(record, max_grace_s, checkpoint_signal)
+        status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, interpret)
         end = execution.end_state(exit_code)
         if status == RunStatus.FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
@@ -308,7 +339,12 @@ def _start(
 
 
 def _follow(
-    execution: Execution, record: RunRecord, switch: _CancelSwitch, recorder: Recorder, stop_grace_s: float
+    execution: Execution,
+    record: RunRecord,
+    switch: _CancelSwitch,
+    recorder: Recorder,
+    stopping: Stopping,
+    interpret: Interpretation | None,
 ) -> tuple[RunStatus, str | None, int]:
     """Wait for the end; the record says "running" once the program has run a while."""
 
@@ -319,8 +355,11 @@ def _follow(
             execution.kill()  # not ours to run any more (a queue lease was lost)
             raise
 
+    def why(current: RunRecord) -> tuple[RunStatus, str]:
+        return interpret(current) if interpret is not None else (RunStatus.CANCELLED, "cancelled by user")
+
     try:
-        return _wait(execution, record.resources.get("timeout_s"), stop_grace_s, switch, announce)
+        return _wait(execution, record, switch, announce, stopping, why)
     except ConnectionLostError:
         recorder.save(record)  # still running over there; reconnecting tells how it ends
         raise
@@ -328,15 +367,18 @@ def _follow(
 
 def _wait(
     execution: Execution,
-    timeout_s: float | None,
-    stop_grace_s: float,
+    record: RunRecord,
     switch: _CancelSwitch,
     announce: Callable[[], None],
+    stopping: Stopping,
+    why: Interpretation,
 ) -> tuple[RunStatus, str | None, int]:
     """Wait for the end under the timeout; ``announce`` (record "running") once the program
     has run for RUNNING_RECORD_AFTER_S: a program that ends sooner gets only its final record,
-    which halves the writes of a sweep of short tasks."""
+    which halves the writes of a sweep of short tasks. A timeout or a stop request asks the
+    program to stop and waits for it (``Stopping``)."""
     started = time.monotonic()
+    timeout_s = record.resources.get("timeout_s")
     try:
         first = RUNNING_RECORD_AFTER_S if timeout_s is None else min(RUNNING_RECORD_AFTER_S, timeout_s)
         with switch.armed():
@@ -347,11 +389,12 @@ def _wait(
             with switch.armed():
                 exit_code = execution.wait(left)
         if exit_code is None:
-            execution.kill()
+            execution.stop(stopping.grace_s, (stopping.signal,))
             return RunStatus.FAILED, "timeout", _wait_uninterrupted(execution)
     except Cancelled:
-        execution.stop(stop_grace_s)
-        return RunStatus.CANCELLED, "cancelled by user", _wait_uninterrupted(execution)
+        status, reason = why(record)
+        execution.stop(stopping.grace_s, stopping.signals(status))
+        return status, reason, _wait_uninterrupted(execution)
     return (RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED), None, exit_code
 
 

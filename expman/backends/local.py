@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import docker
@@ -18,13 +20,15 @@ from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord
 from . import engine
-from .base import STOP_GRACE_S, Backend, Execution
+from .base import Backend, Execution
 
 if TYPE_CHECKING:
     from ..experiment.plan import Plan
     from ..progress import Reporter
 
 CODE_PATH, OUTPUT_PATH, CONFIG_PATH = "/code", "/output", "/expman/config.json"
+ENGINE_WAIT_S = 60  # the engine's answer once the output has ended (the container has exited)
+ORPHAN_GRACE_S = 10  # a container left by a silent earlier attempt: SIGTERM, then SIGKILL after this
 
 
 def container_environment(record: RunRecord) -> dict[str, str]:
@@ -34,6 +38,9 @@ def container_environment(record: RunRecord) -> dict[str, str]:
         "EXPMAN_CONFIG": CONFIG_PATH,
         "HOME": "/tmp",
         "PYTHONUNBUFFERED": "1",
+        # The container's init (tini) passes signals to the program's whole process group, not
+        # only to its direct child: a wrapper script's children get them too.
+        "TINI_KILL_PROCESS_GROUP": "1",
     }
 
 
@@ -134,40 +141,51 @@ class LocalBackend(Backend):
             stop_container(self.client, record.container_id)
 
 
+def engine_time(text: str | None) -> datetime | None:
+    """Docker's UTC times with nanoseconds ("2026-11-22T07:06:51.123456789Z") -> aware datetime."""
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", text or "")
+    if match is None or match[1].startswith("0001-"):
+        return None
+    return datetime.fromisoformat(f"{match[1]}.{(match[2] or '0')[:6].ljust(6, '0')}+00:00")
+
+
 def stop_container(client: docker.DockerClient, container_id: str) -> None:
-    """Stop (SIGTERM, then SIGKILL after the grace) and remove; a missing container is fine."""
+    """Stop (SIGTERM, then SIGKILL after a grace) and remove; a missing container is fine."""
     try:
         container = client.containers.get(container_id)
-        container.stop(timeout=int(STOP_GRACE_S))
+        container.stop(timeout=ORPHAN_GRACE_S)
         container.remove(force=True)
     except docker.errors.NotFound:
         pass
 
 
 class ContainerExecution(Execution):
+    """A container, its output pumped into the sink by a thread.
+
+    The end of the output is an Event, not the thread's liveness: a Thread.join interrupted
+    by an exception from a signal handler (a cancel) can leave ``is_alive()`` False while the
+    thread still runs (CPython 3.11), and the engine's wait would then block until the
+    program ends by itself."""
+
     def __init__(self, client: docker.DockerClient, container: Any, frames: Any, sink: LogSink) -> None:
         self._client, self._container, self._sink = client, container, sink
-        self._pump = threading.Thread(target=self._pump_output, args=(frames,), daemon=True)
+        self._pumped = threading.Event()
         self._stats = threading.Thread(target=self._watch_memory, daemon=True)
         self._peak_memory: int | None = None
-        self._pump.start()
+        threading.Thread(target=self._pump_until_end, args=(frames,), daemon=True).start()
         self._stats.start()
 
     def wait(self, timeout_s: float | None) -> int | None:
-        self._pump.join(timeout_s)
-        if self._pump.is_alive():
+        if not self._pumped.wait(timeout_s):
             return None
-        result = self._client.api.wait(self._container.id)
+        result = self._client.api.wait(self._container.id, timeout=ENGINE_WAIT_S)
         return int(result.get("StatusCode", -1))
 
-    def stop(self, grace_s: float) -> None:
+    def _pump_until_end(self, frames: Any) -> None:
         try:
-            self._container.stop(timeout=int(grace_s))
-        except docker.errors.NotFound:
-            pass
-
-    def kill(self) -> None:
-        self.signal(9)
+            self._pump_output(frames)
+        finally:
+            self._pumped.set()
 
     def signal(self, signum: int) -> None:
         try:
@@ -176,12 +194,16 @@ class ContainerExecution(Execution):
             pass  # already ended
 
     def end_state(self, exit_code: int) -> EndState:
+        """As the engine saw it. Peak memory is the highest sample of the engine's stats so far
+        (none for a program that ended within its first sample, about 0.2 s): waiting for the
+        stats stream would add its 1-2 s period to every run."""
         state = self._client.api.inspect_container(self._container.id)["State"]
-        self._stats.join(2)
+        started, finished = engine_time(state.get("StartedAt")), engine_time(state.get("FinishedAt"))
         return EndState(
             exit_code=int(state.get("ExitCode", exit_code)),
             oom_killed=bool(state.get("OOMKilled")),
             peak_memory_bytes=self._peak_memory,
+            duration_s=(finished - started).total_seconds() if started and finished else None,
         )
 
     def cleanup(self) -> None:

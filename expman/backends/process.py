@@ -16,7 +16,7 @@ import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaunchError
@@ -26,6 +26,7 @@ from ..redact import is_secret_name
 from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord
+from . import proctree
 from .base import Backend, Execution
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ..progress import Reporter
 
 _POLL_S = 0.05
+DRAIN_S = 2.0
 
 
 def _expman_variables(record: RunRecord, run: RunDir) -> dict[str, str]:
@@ -69,6 +71,7 @@ class ProcessBackend(Backend):
             record.warnings.append(f"the process backend does not enforce {', '.join(unenforced)}")
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
+        proctree.become_subreaper()  # the program's orphans stay ours to find and stop
         try:
             proc = subprocess.Popen(
                 list(record.command),
@@ -84,9 +87,12 @@ class ProcessBackend(Backend):
                 f'cannot start {record.command[0]!r}: {exc.strerror}; check "command" in config.json'
             ) from None
         record.pid = proc.pid
-        return ProcessExecution(proc, sink)
+        return ProcessExecution(proc, sink, record.run_id)
 
     def stop_orphan(self, record: RunRecord) -> None:
+        """What an earlier attempt of the run left running on this host (its follower died)."""
+        leftovers = proctree.find_by_run(record.run_id)
+        proctree.signal_all(leftovers, signal.SIGKILL)
         if record.pid:
             try:
                 os.killpg(record.pid, signal.SIGKILL)
@@ -96,12 +102,21 @@ class ProcessBackend(Backend):
 
 class ProcessExecution(Execution):
     """The program's two pipes and its end are waited on together by whoever waits (no
-    threads): output reaches the sink as it comes, and the end is seen at once (pidfd)."""
+    threads): output reaches the sink as it comes, and the end is seen at once (pidfd).
 
-    def __init__(self, proc: subprocess.Popen[bytes], sink: LogSink) -> None:
-        self._proc = proc
-        self._sink = sink
+    The run ends when its first process ends: whatever of the program is still running
+    then (a daemon, a child in a session of its own) is killed, and its output is read for
+    at most DRAIN_S more, so nothing holds the run open and nothing outlives it. During a
+    stop, the rest of the program has the stop's grace to end by itself (a wrapper script
+    may end at the signal while its child still saves a checkpoint)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sink: LogSink, run_id: str) -> None:
+        self._proc, self._sink, self._run_id = proc, sink, run_id
         self._status: tuple[int, Any] | None = None
+        self._peeked: os.waitid_result | None = None
+        self._started, self._ended = time.monotonic(), 0.0
+        self._drain_until: float | None = None
+        self._grace_until: float | None = None
         self._selector = selectors.DefaultSelector()
         self._selector.register(proc.stdout, selectors.EVENT_READ, STDOUT)  # type: ignore[arg-type]
         self._selector.register(proc.stderr, selectors.EVENT_READ, STDERR)  # type: ignore[arg-type]
@@ -112,61 +127,109 @@ class ProcessExecution(Execution):
             self._pidfd = None
 
     def wait(self, timeout_s: float | None) -> int | None:
-        """The exit code once the program has ended and both pipes are closed."""
+        """The exit code once the program has ended and its output is read."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._status is None:
                 self._reap()
-            if self._status is not None and self._pipes_closed():
+            if self._status is not None and self._output_done():
                 return _shell_exit_code(self._status[0])
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            if self._pidfd is None and self._status is None:  # no pidfd: look again soon
+            if self._status is not None or self._pidfd is None:  # draining, or no pidfd: look again soon
                 remaining = _POLL_S if remaining is None else min(_POLL_S, remaining)
-            for key, _ in self._selector.select(remaining):
-                if key.data is None:
-                    self._reap()
-                    continue
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    self._sink.write(key.data, chunk)
-                else:
-                    self._selector.unregister(key.fileobj)
-                    key.fileobj.close()  # type: ignore[union-attr]
+            self._pump(remaining)
+
+    def _pump(self, timeout_s: float | None) -> None:
+        for key, _ in self._selector.select(timeout_s):
+            if key.data is None:
+                self._reap()
+                continue
+            chunk = os.read(key.fd, 65536)
+            if chunk:
+                self._sink.write(key.data, chunk)
+            else:
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+
+    def _output_done(self) -> bool:
+        """After the first process ended: the rest of the program is stopped, and its output
+        read to the end (or for DRAIN_S, if something unkillable keeps a pipe open)."""
+        if self._grace_until is not None and time.monotonic() < self._grace_until:
+            if proctree.run_processes(self._proc.pid, self._run_id):
+                return False
+        if self._drain_until is None:
+            self._drain_until = time.monotonic() + DRAIN_S
+            self._end_leftovers()
+        if self._pipes_closed():
+            return True
+        if time.monotonic() < self._drain_until:
+            return False
+        self._close_pipes()
+        return True
+
+    def _end_leftovers(self) -> None:
+        deadline = time.monotonic() + DRAIN_S
+        while (left := proctree.run_processes(self._proc.pid, self._run_id)) and time.monotonic() < deadline:
+            proctree.signal_all(left, signal.SIGKILL)
+            proctree.reap(left)
+            time.sleep(_POLL_S / 5)
 
     def _reap(self) -> None:
-        # A cancel arriving as wait4 returns must not lose the status of the reaped child:
-        # the signal waits until the status is kept.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        """Keep the first process's end. Its status is first read without reaping (WNOWAIT):
+        a cancel arriving as the reaping wait4 returns (its Python handler raises between
+        two bytecodes, whichever thread the signal reached) then loses only the resource
+        usage, never how the program ended."""
+        if self._peeked is None:
+            try:
+                self._peeked = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if self._peeked is None:
+                return
+            self._ended = time.monotonic()
         try:
             pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
-            if pid:
-                self._status = (status, rusage)
-                self._proc.returncode = os.waitstatus_to_exitcode(status)
-                self._close_pidfd()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        except ChildProcessError:  # reaped by a call a signal cut short
+            pid, status, rusage = self._proc.pid, _wait_status(self._peeked), None
+        if pid:
+            self._status = (status, rusage)
+            self._proc.returncode = os.waitstatus_to_exitcode(status)
+            self._close_pidfd()
 
     def _pipes_closed(self) -> bool:
         return all(key.data is None for key in self._selector.get_map().values())
 
-    def stop(self, grace_s: float) -> None:
-        self.signal(signal.SIGTERM)
-        if self.wait(grace_s) is None:
-            self.kill()
+    def _close_pipes(self) -> None:
+        for key in list(self._selector.get_map().values()):
+            if key.data is not None:
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
 
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
+    def stop(self, grace_s: float, signals: Sequence[int] = (signal.SIGTERM,)) -> None:
+        self._grace_until = time.monotonic() + grace_s
+        super().stop(grace_s, signals)
+
+    def signal(self, signum: int) -> None:
+        """The program's process group, and every process of the run that left it."""
+        try:
+            os.killpg(self._proc.pid, signum)
+        except ProcessLookupError:
+            pass
+        run = proctree.run_processes(self._proc.pid, self._run_id)
+        proctree.signal_all(proctree.outside_group(run, self._proc.pid), signum)
 
     def end_state(self, exit_code: int) -> EndState:
         rusage = self._status[1] if self._status else None
         peak = rusage.ru_maxrss * 1024 if rusage is not None else None
-        return EndState(exit_code=exit_code, oom_killed=None, peak_memory_bytes=peak)
+        duration = self._ended - self._started if self._status else None
+        return EndState(exit_code=exit_code, oom_killed=None, peak_memory_bytes=peak, duration_s=duration)
 
     def cleanup(self) -> None:
         if self._status is None:
             self.kill()
+            self.wait(DRAIN_S)
         self._close_pidfd()
         for key in list(self._selector.get_map().values()):
             self._selector.unregister(key.fileobj)
@@ -174,16 +237,17 @@ class ProcessExecution(Execution):
         self._selector.close()
 
     def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            self._selector.unregister(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        pidfd, self._pidfd = self._pidfd, None  # first: a signal may cut this short and come back
+        if pidfd is not None:
+            self._selector.unregister(pidfd)
+            os.close(pidfd)
 
-    def signal(self, signum: int) -> None:
-        try:
-            os.killpg(self._proc.pid, signum)
-        except ProcessLookupError:
-            pass
+
+def _wait_status(info: os.waitid_result) -> int:
+    """A wait status (as wait4 gives it) from waitid's answer."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return info.si_status | (0x80 if info.si_code == os.CLD_DUMPED else 0)
 
 
 def _shell_exit_code(status: int) -> int:

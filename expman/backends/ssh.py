@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +31,8 @@ from ..rundir.layout import RunDir
 from ..rundir.lifecycle import Recorder
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord, RunStatus
-from .base import Execution
-from .local import ContainerExecution, LocalBackend, container_spec, stop_container
+from .base import Execution, Stopping
+from .local import ContainerExecution, LocalBackend, container_spec, engine_time, stop_container
 from .remote import RemoteHost, connect
 
 if TYPE_CHECKING:
@@ -207,7 +206,7 @@ class SSHBackend(LocalBackend):
             return state
         if state.get("Running"):
             if record.status == RunStatus.QUEUED:
-                started = _parse_time(state.get("StartedAt")) or datetime.now(UTC)
+                started = engine_time(state.get("StartedAt")) or datetime.now(UTC)
                 Recorder(run).running(record, started, host_of(record).name)
             self._enforce_timeout(run, record)
             return state
@@ -216,30 +215,30 @@ class SSHBackend(LocalBackend):
         return state
 
     def _enforce_timeout(self, run: RunDir, record: RunRecord) -> None:
+        """A detached run past its timeout is asked to stop (its stop signal), and killed at a
+        later look once the grace has passed; it ends recorded as a timeout either way."""
         timeout_s = record.resources.get("timeout_s")
-        if not timeout_s or not record.started_at:
+        if not timeout_s or not record.started_at or record.container_id is None or record.remote is None:
             return
-        elapsed = (datetime.now(UTC) - datetime.fromisoformat(record.started_at)).total_seconds()
-        if elapsed > timeout_s:
-            assert record.container_id is not None
+        now = datetime.now(UTC)
+        if (now - datetime.fromisoformat(record.started_at)).total_seconds() <= timeout_s:
+            return
+        stopping = Stopping.of(record)
+        asked = record.remote.get("timeout_stop_at")
+        if asked is None:
+            self.client.api.kill(record.container_id, signal=stopping.signal)
+            record.remote["timeout_stop_at"] = now.isoformat()
+            lifecycle.save(run, record)
+        elif (now - datetime.fromisoformat(asked)).total_seconds() > stopping.grace_s:
             self.client.api.kill(record.container_id)
-            state = self.client.api.inspect_container(record.container_id)["State"]
-            self._record_end(run, record, state, status=RunStatus.FAILED, reason="timeout")
 
-    def _record_end(
-        self,
-        run: RunDir,
-        record: RunRecord,
-        state: dict[str, Any],
-        status: RunStatus | None = None,
-        reason: str | None = None,
-    ) -> None:
+    def _record_end(self, run: RunDir, record: RunRecord, state: dict[str, Any]) -> None:
         end = EndState(exit_code=int(state.get("ExitCode", -1)), oom_killed=bool(state.get("OOMKilled")))
-        if status is None:
-            status = RunStatus.SUCCEEDED if end.exit_code == 0 else RunStatus.FAILED
-            failure = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
-            reason = None if end.exit_code == 0 else failure
-        ended = _parse_time(state.get("FinishedAt")) or datetime.now(UTC)
+        status = RunStatus.SUCCEEDED if end.exit_code == 0 else RunStatus.FAILED
+        reason = None if end.exit_code == 0 else "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
+        if (record.remote or {}).get("timeout_stop_at"):
+            status, reason = RunStatus.FAILED, "timeout"
+        ended = engine_time(state.get("FinishedAt")) or datetime.now(UTC)
         Recorder(run).end(record, status, ended, reason=reason, end=end)
 
     def sync(self, run: RunDir, record: RunRecord) -> SyncResult:
@@ -395,11 +394,3 @@ def _link(settings: HostSettings) -> tuple[Any, ...]:
     """What identifies a connection (runs_root does not)."""
     s = settings
     return (s.hostname, s.port, s.user, s.identity_file, s.known_hosts, s.docker)
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    """Docker's UTC times with nanoseconds ("2026-11-22T07:06:51.123456789Z") -> aware datetime."""
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z$", text or "")
-    if match is None or match[1].startswith("0001-"):
-        return None
-    return datetime.fromisoformat(f"{match[1]}.{(match[2] or '0')[:6].ljust(6, '0')}+00:00")

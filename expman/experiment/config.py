@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources as importlib_resources
@@ -42,7 +43,14 @@ DEFAULTS: dict[str, Any] = {
     "sweep": {},
     "queue": {},
 }
-RESOURCE_DEFAULTS: dict[str, Any] = {"gpus": 0, "cpus": None, "memory": None, "timeout": None}
+RESOURCE_DEFAULTS: dict[str, Any] = {
+    "gpus": 0,
+    "cpus": None,
+    "memory": None,
+    "timeout": None,
+    "stop_signal": "TERM",
+    "kill_grace": "30s",
+}
 HOST_DEFAULTS: dict[str, Any] = {
     "ssh": None,
     "runs_root": "~/expman-runs",
@@ -77,6 +85,8 @@ class Resources:
     cpus: float | None = None
     memory_bytes: int | None = None
     timeout_s: float | None = None
+    stop_signal: str = "TERM"  # asks the program to stop (timeout, cancel); SIGKILL follows after kill_grace_s
+    kill_grace_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +211,14 @@ def parse_duration(value: float | str, where: str = "expman.resources.timeout") 
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
+def signal_number(name: str, where: str = "expman.resources.stop_signal") -> signal.Signals:
+    """'TERM', 'SIGTERM' -> signal.SIGTERM."""
+    full = "SIG" + name.removeprefix("SIG")
+    if full not in signal.Signals.__members__:
+        raise ConfigError(f"{where}: {name!r} is not a signal; write e.g. TERM, INT or USR1")
+    return signal.Signals[full]
+
+
 def parse_slurm_time(value: str) -> float:
     """Slurm's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S -> seconds."""
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
@@ -245,6 +263,7 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
             _check_known_keys(host, HOST_DEFAULTS, f"{origin}: {SECTION}.hosts.{name}")
     _validate(section, _expman_schema(), f"{origin}: {SECTION}")
     compile_patterns(section.get("parse", {}))
+    signal_number(section.get("resources", {}).get("stop_signal", "TERM"))
     if section.get("slurm", {}).get("time"):
         parse_slurm_time(section["slurm"]["time"])
     if section.get("sweep"):
@@ -262,6 +281,10 @@ def _settings_from(section: dict[str, Any]) -> ExpmanSettings:
         cpus=res.get("cpus"),
         memory_bytes=parse_memory(res["memory"]) if "memory" in res else None,
         timeout_s=parse_duration(res["timeout"]) if "timeout" in res else None,
+        stop_signal=res.get("stop_signal", RESOURCE_DEFAULTS["stop_signal"]).removeprefix("SIG"),
+        kill_grace_s=parse_duration(
+            res.get("kill_grace", RESOURCE_DEFAULTS["kill_grace"]), "expman.resources.kill_grace"
+        ),
     )
     hosts = {name: _host_from(name, host, f"{SECTION}.hosts.{name}") for name, host in section.get("hosts", {}).items()}
     queue = {**QUEUE_DEFAULTS, **section.get("queue", {})}

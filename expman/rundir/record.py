@@ -44,6 +44,7 @@ class EndState:
     exit_code: int
     oom_killed: bool | None = None
     peak_memory_bytes: int | None = None
+    duration_s: float | None = None  # the program's own, when the backend measured it
 
 
 @dataclass
@@ -143,7 +144,9 @@ class RunRecord:
             self.requeue(reason)
             return
         self.status, self.reason, self.ended_at = status, reason, now.isoformat()
-        if self.started_at is not None:
+        if end is not None and end.duration_s is not None:
+            self.duration_s = round(end.duration_s, 3)
+        elif self.started_at is not None:
             self.duration_s = round((now - datetime.fromisoformat(self.started_at)).total_seconds(), 3)
 
     def begin_attempt(self, number: int, now: datetime, **facts: Any) -> None:

@@ -11,7 +11,9 @@ from Slurm ends the run as a timeout, a cancel, or an interruption awaiting its 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -28,9 +30,11 @@ from ..rundir.layout import RunDir, utc_now
 from ..rundir.lifecycle import Recorder
 from ..rundir.record import RunRecord, RunStatus, load_record
 
-# Less than Slurm's KillWait (30 s by default), so the run is recorded before SIGKILL.
-STOP_GRACE_S = 5.0
 TIME_LIMIT_SLACK_S = 5.0
+DEFAULT_KILL_WAIT_S = 30.0  # Slurm's KillWait, when scontrol does not tell
+# A stop must end (the program asked, then killed, the run recorded) within Slurm's KillWait,
+# after which Slurm kills this task with SIGKILL.
+RECORD_MARGIN_S = 5.0
 
 
 def main(argv: list[str]) -> int:
@@ -68,13 +72,24 @@ def main(argv: list[str]) -> int:
             echo=False,
             forward=[forwarded],
             interpret=interpret,
-            stop_grace_s=STOP_GRACE_S,
+            max_grace_s=max(1.0, kill_wait_s() - RECORD_MARGIN_S),
+            checkpoint_signal=forwarded,
         )
     except ExpmanError as exc:
         if not record.final:
             Recorder(run).end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
         print(exc.message, file=sys.stderr)
     return 0 if record.status in (RunStatus.SUCCEEDED, RunStatus.QUEUED) else 1
+
+
+def kill_wait_s() -> float:
+    """Slurm's KillWait: how long after SIGTERM Slurm sends SIGKILL to a stopped job."""
+    try:
+        config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_KILL_WAIT_S
+    match = re.search(r"^KillWait\s*=\s*(\d+)", config, re.MULTILINE)
+    return float(match[1]) if match else DEFAULT_KILL_WAIT_S
 
 
 def runtime_backend(record: RunRecord, environ: Mapping[str, str]) -> Backend:
