@@ -367,3 +367,23 @@ def test_a_slurm_array_of_workers_drains_a_postgresql_queue(
     assert len(records) == 4
     assert len(workers) >= 1 and all(r["attempts"][0]["environment"].get("SLURM_JOB_ID") for r in records)
     _wait(lambda: len(list(logs.glob(f"{job_id}_*.out"))) == 2, "both array tasks to write their logs")
+
+
+def test_a_cancel_stops_a_short_running_job_before_it_ends(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    """Fault 4: the worker hears of a cancel within about a second, not at its next lease
+    extension (the default lease is two minutes): a job that would succeed six seconds in
+    ends cancelled."""
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process"}, {"mode": "signals", "seconds": 6})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    worker = _worker(url, dict(os.environ))
+    _wait(lambda: (run / "output" / "ready.txt").exists(), "the program to start")
+    assert main(["cancel", run.name, "--queue", url]) == 0
+    output, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, output
+    record = read_record(run)
+    assert (record["status"], record["reason"]) == ("cancelled", "cancelled by user"), output
+    assert (run / "output" / "signals.txt").read_text().split()[1] == "SIGTERM"
+    (job,) = open_queue(url).jobs_of()
+    assert job.state == "cancelled"

@@ -343,6 +343,17 @@ class Queue:
 
         return self._run(beat)
 
+    def cancel_requested(self, job: Job) -> bool:
+        """Whether ``expman cancel`` asked to stop this attempt (a read: cheap to ask often)."""
+
+        def query() -> bool:
+            row = self._execute(
+                f"SELECT cancel_requested FROM {self.jobs} WHERE id = ? AND attempt = ?", (job.id, job.attempt)
+            ).fetchone()
+            return bool(row and row[0])
+
+        return self._run(query)
+
     def finish(
         self, job: Job, state: str, error: str | None = None, retry_in_s: float = 0.0, extra_tries: int = 0
     ) -> bool:

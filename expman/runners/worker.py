@@ -25,11 +25,9 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -48,37 +46,21 @@ from ..errors import (
 from ..hostinfo import hostname
 from ..progress import Reporter
 from ..queue import Job, JobState, open_queue
-from ..queue.store import WORKER_TTL_S
 from ..redact import Redactor
 from ..rundir import lifecycle
 from ..rundir.layout import RunDir, utc_now
 from ..rundir.lifecycle import Finisher, Recorder, record_lock
 from ..rundir.record import EndState, RunRecord, RunStatus, load_record
+from .heartbeat import Attempt, Heartbeat
 
 IDLE_POLL_S = 1.0  # the longest wait between looks for claimable jobs
 FIRST_IDLE_POLL_S = 0.05  # the first wait: doubled up to IDLE_POLL_S while nothing is claimable
-WORKER_BEAT_S = WORKER_TTL_S / 3
 PERMANENT_ERRORS = (ConfigError, BuildError, LaunchError, UnsafeArchiveError)
 MAX_BACKOFF_S = 3600.0
 
 
 class _Interrupted(Exception):
     """SIGTERM/SIGINT while no program runs (claiming, idle, preparing)."""
-
-
-@dataclass
-class _Attempt:
-    """What the heartbeat thread learned about the running attempt."""
-
-    job: Job
-    lost: bool = False
-    cancel: bool = False
-    settled: bool = False
-    claimed: float = field(default_factory=time.monotonic)
-
-    def fresh(self) -> bool:
-        """Claimed less than half a lease ago: the lease surely still holds."""
-        return time.monotonic() - self.claimed < self.job.lease_s / 2
 
 
 class Worker:
@@ -101,11 +83,9 @@ class Worker:
         self.queue = open_queue(url, application_name=f"expman-worker {self.id}")
         self._stopping = False
         self._interruptible = False
-        self._attempt: _Attempt | None = None
+        self._attempt: Attempt | None = None
         self._done = 0
-        self._wake = threading.Event()
-        self._next_beat = 0.0  # when the heartbeat thread looks next (monotonic)
-        self._closing = threading.Event()
+        self._heartbeat = Heartbeat(url, self.id, self._say)
         self._backends: dict[str, Backend] = {}
         self._reporter = Reporter(quiet=True)
         self._environment = Redactor(environ).environment(environ)  # recorded with each attempt
@@ -115,8 +95,7 @@ class Worker:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.queue.register_worker(self.id, hostname(), os.getpid())
         self._say(f"worker {self.id} on {self.queue.shown}")
-        beats = threading.Thread(target=self._heartbeats, daemon=True)
-        beats.start()
+        self._heartbeat.start()
         self._finisher = Finisher()
         idle_s = FIRST_IDLE_POLL_S  # short at first: the last running jobs of a sweep may end any moment
         try:
@@ -133,15 +112,14 @@ class Worker:
                     idle_s = FIRST_IDLE_POLL_S
                     self.run_job(job)
                     self._done += 1
+                    self._heartbeat.jobs_done = self._done
                     if self._finisher.error:
                         break
                 except _Interrupted:
                     break
         finally:
             self._finisher.close()
-            self._closing.set()
-            self._wake.set()
-            beats.join()
+            self._heartbeat.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             for backend in self._backends.values():
@@ -234,10 +212,9 @@ class Worker:
                 lifecycle.write_locked(run, record)
 
     def _execute(self, run: RunDir, record: RunRecord, job: Job, backend: Backend) -> RunRecord:
-        attempt = self._attempt = _Attempt(job)
+        attempt = self._attempt = Attempt(job)
+        self._heartbeat.attempt_started(attempt)
         recorder = _FencedRecorder(self, run, attempt)
-        if time.monotonic() + _beat_interval(attempt) < self._next_beat:
-            self._wake.set()  # the lease was just taken: its first extension must not wait for a longer beat
         try:
             try:
                 with self._interruptions():
@@ -256,9 +233,9 @@ class Worker:
                     recorder.end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
                 return record
         finally:
-            self._attempt = None
+            self._attempt = self._heartbeat.attempt = None
 
-    def _interpret(self, attempt: _Attempt) -> tuple[RunStatus, str]:
+    def _interpret(self, attempt: Attempt) -> tuple[RunStatus, str]:
         """Why the program was stopped: the lease was lost, a cancel, or this worker stopping."""
         if attempt.lost:
             return RunStatus.FAILED, "lease lost: a newer attempt owns this run"
@@ -267,46 +244,8 @@ class Worker:
         self._stopping = True  # SIGTERM or Ctrl-C to this worker
         return RunStatus.QUEUED, f"attempt {attempt.job.attempt} interrupted: its worker stopped; back in the queue"
 
-    def _heartbeats(self) -> None:
-        """For the worker's life: keep its row alive (``expman status``) and extend the lease
-        of the running attempt. On a lost lease or a cancel, stop the program: SIGTERM to this
-        process, which ``execute`` turns into a stop (or, while preparing, ``_Interrupted``).
-        The thread is woken only when a new attempt needs a sooner beat than the one it waits
-        for, not at every job: thousands of short jobs would otherwise each cost it a wake-up."""
-        queue = open_queue(self.url, application_name=f"expman-heartbeat {self.id}")
-        try:
-            while True:
-                interval = _beat_interval(self._attempt)
-                self._next_beat = time.monotonic() + interval
-                woken = self._wake.wait(interval)
-                if self._closing.is_set():
-                    return
-                if woken:  # a new attempt with a shorter interval: wait that long instead
-                    self._wake.clear()
-                    continue
-                attempt = self._attempt
-                try:
-                    queue.worker_beat(self.id, attempt.job.id if attempt else None, self._done)
-                    if attempt is None or attempt.settled:
-                        continue
-                    if not (attempt.lost or attempt.cancel):
-                        state = queue.heartbeat(attempt.job)
-                        attempt.lost, attempt.cancel = state == "lost", state == "cancel"
-                except ExpmanError:
-                    continue  # the database is away; the lease may still hold when it returns
-                if attempt.lost or attempt.cancel:
-                    os.kill(os.getpid(), signal.SIGTERM)  # again each beat until the attempt ends
-        finally:
-            queue.close()
-
     def _say(self, line: str) -> None:
         print(f"{datetime.now().strftime('%H:%M:%S')} {line}", file=self.out, flush=True)
-
-
-def _beat_interval(attempt: _Attempt | None) -> float:
-    """A third of the running attempt's lease (so two beats may fail before it runs out), at
-    most WORKER_BEAT_S; WORKER_BEAT_S while idle."""
-    return WORKER_BEAT_S if attempt is None else max(min(attempt.job.lease_s / 3, WORKER_BEAT_S), 0.05)
 
 
 class _FencedRecorder(Recorder):
@@ -314,7 +253,7 @@ class _FencedRecorder(Recorder):
     attempt, commits the outcome to the queue first, under the record's lock, so a newer
     attempt always starts from the final record of the one before."""
 
-    def __init__(self, worker: Worker, run: RunDir, attempt: _Attempt) -> None:
+    def __init__(self, worker: Worker, run: RunDir, attempt: Attempt) -> None:
         super().__init__(run)
         self.worker, self.attempt = worker, attempt
         self.permanent = False  # a failure that would fail the same way again
