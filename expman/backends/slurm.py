@@ -132,6 +132,7 @@ class SlurmBackend(Backend):
         script, runs_file = jobs_dir / "job.sbatch", jobs_dir / "runs.txt"
         pattern = "slurm-%A_%a.out" if len(runs) > 1 else "slurm-%j.out"
         argv = ["sbatch", "--parsable", "--hold", f"--output={jobs_dir / pattern}", f"--chdir={jobs_dir}"]
+        argv.append("--open-mode=append")  # a requeued job's output follows its earlier attempts
         text = render_sbatch(self._settings, job_name(first), len(runs), sys.executable)
         array = f" (array of {len(runs)})" if len(runs) > 1 else ""
         return Submission(
