@@ -1,6 +1,7 @@
 """The two databases a queue lives in: a SQLite file (one machine, the default) and
-PostgreSQL (many machines). A dialect connects, names the SQL that differs, and tells
-which errors mean "try again" (a lock held too long, a dropped connection).
+PostgreSQL (many machines). A dialect connects, names the SQL that differs, tells which
+errors mean "try again" (a lock held too long, a dropped connection), and puts any other
+database error into one line for the user.
 
 Queue URLs:
 
@@ -53,6 +54,11 @@ class Dialect:
         """Someone else holds the lock longer than we wait: try again later."""
         return False
 
+    def failure(self, exc: BaseException) -> str | None:
+        """Any other error of the database, as one line for the user; None for an exception
+        that is not the database's (a bug, which keeps its traceback)."""
+        return None
+
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
@@ -69,14 +75,28 @@ class SQLiteDialect(Dialect):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
-            conn.execute("PRAGMA synchronous=NORMAL")
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"cannot open the queue {self.shown}: {exc}; check the path and its permissions") from None
+        try:  # errors here (a lock, a damaged file) are the caller's to retry or report
+            conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def busy(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+    def failure(self, exc: BaseException) -> str | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+            return (
+                f"the queue {self.shown} could not be written: database or disk is full (disk full at "
+                f"{self.path.parent}); nothing was changed, free space there and start again"
+            )
+        return f"the queue {self.shown} failed: {exc}; check the file and its filesystem"
 
 
 class PostgresDialect(Dialect):
@@ -114,7 +134,29 @@ class PostgresDialect(Dialect):
     def disconnected(self, exc: BaseException) -> bool:
         import psycopg
 
-        return isinstance(exc, psycopg.OperationalError)
+        return isinstance(exc, psycopg.OperationalError) and not self.busy(exc) and not _out_of_resources(exc)
+
+    def busy(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.Error) and exc.sqlstate in _PG_TRY_AGAIN
+
+    def failure(self, exc: BaseException) -> str | None:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            return None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the queue {self.shown} failed: {first}; check the database server and its disk"
+
+
+# serialization failure, deadlock, lock not available: the transaction may simply be run again
+_PG_TRY_AGAIN = {"40001", "40P01", "55P03"}
+
+
+def _out_of_resources(exc: Any) -> bool:
+    """Disk full, out of memory, too many connections (SQLSTATE class 53): not a lost link."""
+    return (exc.sqlstate or "").startswith("53")
 
 
 def dialect_for(url: str) -> Dialect:

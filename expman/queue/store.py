@@ -8,6 +8,10 @@ worker that lost its lease (stopped, partitioned) can neither extend it nor reco
 A claim takes the write lock first (SQLite BEGIN IMMEDIATE; PostgreSQL SELECT ... FOR
 UPDATE SKIP LOCKED), so two workers never claim one job. Order: jobs whose worker went
 silent (lease expired) first, then pending jobs by priority (higher first), then age.
+
+Every operation is one transaction. A dropped connection is reopened and a lock held by
+someone else is waited out, both for a bounded time; whatever the database answers then is
+a ``QueueError`` of one line, never the driver's own exception.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class JobState(StrEnum):
 
 
 LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)  # a key in one of these is not scheduled again
-RECONNECT_FOR_S = 120.0
+RETRY_FOR_S = 120.0  # how long a lost connection is reopened, or a held lock waited for, before giving up
 WORKER_TTL_S = 30.0
 
 T = TypeVar("T")
@@ -104,11 +108,12 @@ class WorkerInfo:
 class Queue:
     """One connection to one queue. Not shared between threads: open one per thread."""
 
-    def __init__(self, dialect: Dialect, application_name: str = "expman") -> None:
+    def __init__(self, dialect: Dialect, application_name: str = "expman", retry_for_s: float = RETRY_FOR_S) -> None:
         self.dialect = dialect
         self.application_name = application_name
         self.jobs = f"{dialect.prefix}_jobs"
         self.workers = f"{dialect.prefix}_workers"
+        self.retry_for_s = retry_for_s
         # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
         self.claim_pause: Callable[[], None] | None = None
         self._conn: Any = None
@@ -148,10 +153,12 @@ class Queue:
             raise
         self._execute("COMMIT")
 
-    def _run(self, operation: Callable[[], T]) -> T:
-        """Run ``operation``; a dropped connection is reopened and the operation run again
-        (each operation is one transaction, so a retry never applies half of one)."""
-        deadline = time.monotonic() + RECONNECT_FOR_S
+    def _run(self, operation: Callable[[], T], on_busy: Callable[[], T] | None = None) -> T:
+        """Run ``operation``; a dropped connection is reopened and a lock held by someone
+        else waited for, and the operation run again, for up to ``retry_for_s`` (each
+        operation is one transaction, so a retry never applies half of one). With
+        ``on_busy``, a held lock returns its answer at once instead."""
+        deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while True:
             try:
@@ -159,16 +166,35 @@ class Queue:
             except QueueError:
                 raise
             except Exception as exc:
-                if not self.dialect.disconnected(exc):
-                    raise
-                self.close()
-                if time.monotonic() > deadline:
-                    raise QueueError(
-                        f"lost the connection to the queue {self.shown} and could not reconnect for "
-                        f"{RECONNECT_FOR_S:.0f}s; check the database server"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if on_busy is not None and self.dialect.busy(exc):
+                    return on_busy()
+                self._give_up_unless_transient(exc, deadline)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _give_up_unless_transient(self, exc: Exception, deadline: float) -> None:
+        """Return if ``exc`` is worth another try before ``deadline``; else raise it as a
+        QueueError (or as it is, if it is not the database's)."""
+        lost, busy = self.dialect.disconnected(exc), self.dialect.busy(exc)
+        if lost:
+            self.close()
+        if (lost or busy) and time.monotonic() < deadline:
+            return
+        if lost:
+            raise QueueError(
+                f"lost the connection to the queue {self.shown} and could not reconnect for "
+                f"{self.retry_for_s:.0f}s; check the database server"
+            ) from None
+        if busy:
+            raise QueueError(
+                f"the queue {self.shown} stayed locked by another process for {self.retry_for_s:.0f}s; "
+                "look for a stuck expman process holding it and stop it"
+            ) from None
+        message = self.dialect.failure(exc)
+        if message is None:
+            raise exc
+        self.close()  # a failed write may leave the connection in any state: start afresh
+        raise QueueError(message) from None
 
     def _create_tables(self) -> None:
         d = self.dialect
@@ -281,7 +307,8 @@ class Queue:
 
     def claim(self, worker: str) -> Job | None:
         """The next job, now running as this worker's attempt; None when no job can be
-        claimed right now (none waiting, or all of them held by other claims)."""
+        claimed right now (none waiting, all of them held by other claims, or the database
+        locked by another writer)."""
 
         def attempt() -> Job | None:
             with self._transaction():
@@ -308,12 +335,7 @@ class Queue:
                 ).fetchone()
             return Job.from_row(claimed)
 
-        try:
-            return self._run(attempt)
-        except Exception as exc:
-            if self.dialect.busy(exc):
-                return None
-            raise
+        return self._run(attempt, on_busy=lambda: None)
 
     def waiting(self) -> bool:
         """Whether any job may still become claimable: pending (maybe in backoff or held by
