@@ -1,21 +1,26 @@
 """The SQLite queue under faults, for real: a write lock held past the busy timeout by a
-second connection, and a full filesystem (a small tmpfs)."""
+second connection, a full filesystem (a small tmpfs), and a network filesystem (sshfs over
+the test sshd, a FUSE mount) where SQLite must not be used at all."""
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from expman.cli import main
 from expman.errors import QueueError
 from expman.queue import JobState, NewJob, Queue, open_queue
 from expman.queue.dialects import SQLiteDialect
+from expman.queue.filesystems import network_filesystem
 
 from .conftest import AWKWARD, require
 
@@ -157,3 +162,59 @@ def _fill_and_exercise(queue: Queue, path: Path, small_filesystem: Path) -> None
     assert queue.finish(running, JobState.SUCCEEDED)  # and the queue works again
     claimed = queue.claim("w2")
     assert claimed is not None and claimed.key == "b"
+
+
+# --- a network filesystem -------------------------------------------------------------
+
+
+@pytest.fixture
+def sshfs_mount(sshd: Any, tmp_path: Path) -> Iterator[Path]:
+    """A directory of the test sshd's user, mounted here with sshfs (FUSE)."""
+    require(shutil.which("sshfs") is not None, "sshfs (scripts/setup installs it)")
+    remote = sshd.home / f"expman-sshfs-{os.getpid()}-{tmp_path.name}"
+    remote.mkdir()
+    shutil.chown(remote, sshd.user, sshd.user)
+    mount = tmp_path / f"{AWKWARD} sshfs"
+    mount.mkdir()
+    options = [
+        f"IdentityFile={sshd.identity_file}",
+        f"UserKnownHostsFile={sshd.known_hosts}",
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+    ]
+    argv = ["sshfs", "-p", str(sshd.port), *(f"-o{o}" for o in options), f"{sshd.user}@127.0.0.1:{remote}", str(mount)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    require(done.returncode == 0, f"an sshfs mount (sshfs said: {done.stderr.strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mount)], check=True)
+        shutil.rmtree(remote)
+
+
+def test_filesystems_are_told_apart(tmp_path: Path, small_filesystem: Path, sshfs_mount: Path) -> None:
+    assert network_filesystem(tmp_path) is None
+    assert network_filesystem(small_filesystem) is None
+    assert network_filesystem(sshfs_mount) == "FUSE"
+    assert network_filesystem(sshfs_mount / "not yet" / "made") == "FUSE"  # the nearest existing directory counts
+
+
+def test_a_sqlite_queue_on_a_network_filesystem_is_refused(
+    sshfs_mount: Path, make_repo: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    for path in (sshfs_mount / "queue.sqlite", sshfs_mount / "deeper" / "queue.sqlite"):
+        with pytest.raises(QueueError) as raised:
+            open_queue(f"sqlite://{path}")
+        message = _one_line(raised)
+        assert str(path) in message and "FUSE" in message
+        assert "--queue postgresql://" in message and "EXPMAN_QUEUE" in message
+    assert list(sshfs_mount.iterdir()) == []  # nothing was made there
+    # the default queue lives in runs_root: a runs_root shared over the network is refused as it is
+    monkeypatch.setenv("EXPMAN_RUNS_ROOT", str(sshfs_mount / "runs"))
+    repo = make_repo({"backend": "process"})
+    capsys.readouterr()
+    assert main(["schedule", "-C", str(repo.path)]) == 28
+    assert main(["worker"]) == 28
+    err = capsys.readouterr().err
+    assert err.count("network filesystem") == 2 and "postgresql://" in err
+    assert not (sshfs_mount / "runs" / "queue.sqlite").exists()

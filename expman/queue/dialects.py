@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import QueueError
+from .filesystems import network_filesystem
 
 DEFAULT_PREFIX = "expman"
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -72,6 +73,7 @@ class SQLiteDialect(Dialect):
         self.busy_timeout_s = busy_timeout_s
 
     def connect(self, application_name: str) -> sqlite3.Connection:
+        self._refuse_network_filesystem()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
@@ -84,6 +86,15 @@ class SQLiteDialect(Dialect):
             conn.close()
             raise
         return conn
+
+    def _refuse_network_filesystem(self) -> None:
+        filesystem = network_filesystem(self.path.parent)
+        if filesystem is not None:
+            raise QueueError(
+                f"the queue {self.shown} is on a network filesystem ({filesystem}), where SQLite's locks and "
+                "WAL mode corrupt it silently; use PostgreSQL for workers on several machines: --queue "
+                "postgresql://user@host/dbname or EXPMAN_QUEUE, or a queue file on a local disk"
+            )
 
     def busy(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
