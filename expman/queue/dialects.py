@@ -18,7 +18,7 @@ import re
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import QueueError
 from .filesystems import network_filesystem
@@ -40,8 +40,13 @@ class Dialect:
         self.shown = shown  # the URL without any password, for messages and records
         self.prefix = prefix
 
-    def connect(self, application_name: str) -> Any:
+    def connect(self, application_name: str, create: bool = True) -> Any:
+        """A connection; with ``create`` false, one that makes no database file."""
         raise NotImplementedError
+
+    def present(self) -> bool:
+        """Whether the database may hold a queue (a SQLite file exists); looking makes nothing."""
+        return True
 
     def sql(self, text: str) -> str:
         """``?`` placeholders and the NOW token in this dialect."""
@@ -72,15 +77,19 @@ class SQLiteDialect(Dialect):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
 
-    def connect(self, application_name: str) -> sqlite3.Connection:
+    def connect(self, application_name: str, create: bool = True) -> sqlite3.Connection:
         self._refuse_network_filesystem()
+        # mode=rw fails on a missing file instead of making an empty one
+        target = f"file:{quote(str(self.path), safe='/')}?mode={'rwc' if create else 'rw'}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None, uri=True)
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"cannot open the queue {self.shown}: {exc}; check the path and its permissions") from None
         try:  # errors here (a lock, a damaged file) are the caller's to retry or report
-            conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
+            if create:
+                conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
             conn.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
             conn.close()
@@ -95,6 +104,9 @@ class SQLiteDialect(Dialect):
                 "WAL mode corrupt it silently; use PostgreSQL for workers on several machines: --queue "
                 "postgresql://user@host/dbname or EXPMAN_QUEUE, or a queue file on a local disk"
             )
+
+    def present(self) -> bool:
+        return self.path.is_file()
 
     def busy(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
@@ -123,7 +135,7 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return super().sql(text).replace("?", "%s")
 
-    def connect(self, application_name: str) -> Any:
+    def connect(self, application_name: str, create: bool = True) -> Any:
         try:
             import psycopg
         except ImportError:

@@ -42,6 +42,7 @@ class JobState(StrEnum):
 LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)  # a key in one of these is not scheduled again
 RETRY_FOR_S = 120.0  # how long a lost connection is reopened, or a held lock waited for, before giving up
 WORKER_TTL_S = 30.0
+DURATIONS_PER_SWEEP = 50  # the latest successes of a sweep that its ETA is taken from
 
 T = TypeVar("T")
 
@@ -95,6 +96,28 @@ class Job:
 
 
 @dataclass(frozen=True)
+class SweepSummary:
+    """The jobs of one sweep (``sweep_id`` None: runs scheduled on their own)."""
+
+    sweep_id: str | None
+    counts: dict[str, int]
+    newest_job: int  # the id of its latest job: sweeps sort by it, newest first
+    durations: list[float]  # seconds from claim to end of its latest successes
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for state, n in self.counts.items() if JobState(state).is_finished)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     id: str
     host: str
@@ -106,9 +129,18 @@ class WorkerInfo:
 
 
 class Queue:
-    """One connection to one queue. Not shared between threads: open one per thread."""
+    """One connection to one queue. Not shared between threads: open one per thread.
 
-    def __init__(self, dialect: Dialect, application_name: str = "expman", retry_for_s: float = RETRY_FOR_S) -> None:
+    ``create`` false opens a queue only to look at it: no file or table is made
+    (``exists`` tells whether there is a queue at all)."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        application_name: str = "expman",
+        create: bool = True,
+        retry_for_s: float = RETRY_FOR_S,
+    ) -> None:
         self.dialect = dialect
         self.application_name = application_name
         self.jobs = f"{dialect.prefix}_jobs"
@@ -116,8 +148,10 @@ class Queue:
         self.retry_for_s = retry_for_s
         # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
         self.claim_pause: Callable[[], None] | None = None
+        self._create = create
         self._conn: Any = None
-        self._run(self._create_tables)
+        if create:
+            self._run(self._create_tables)
 
     @property
     def shown(self) -> str:
@@ -130,11 +164,15 @@ class Queue:
             finally:
                 self._conn = None
 
+    def exists(self) -> bool:
+        """Whether a queue was made here (looking makes nothing)."""
+        return self.dialect.present() and self._run(self._table_exists)
+
     # --- plumbing ------------------------------------------------------------------
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self.dialect.connect(self.application_name)
+            self._conn = self.dialect.connect(self.application_name, create=self._create)
         return self._conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -306,9 +344,9 @@ class Queue:
     # --- claiming ------------------------------------------------------------------
 
     def claim(self, worker: str) -> Job | None:
-        """The next job, now running as this worker's attempt; None when no job can be
-        claimed right now (none waiting, all of them held by other claims, or the database
-        locked by another writer)."""
+        """The next job, now running as this worker's attempt (and shown on its row in
+        ``expman status``); None when no job can be claimed right now (none waiting, all of
+        them held by other claims, or the database locked by another writer)."""
 
         def attempt() -> Job | None:
             with self._transaction():
@@ -333,6 +371,7 @@ class Queue:
                         ended_at = NULL, lease_until = NOW + lease_s WHERE id = ? RETURNING {_JOB_COLUMNS}""",
                     (JobState.RUNNING, worker, row[0]),
                 ).fetchone()
+                self._execute(f"UPDATE {self.workers} SET job_id = ? WHERE id = ?", (row[0], worker))
             return Job.from_row(claimed)
 
         return self._run(attempt, on_busy=lambda: None)
@@ -368,16 +407,24 @@ class Queue:
     def finish(
         self, job: Job, state: str, error: str | None = None, retry_in_s: float = 0.0, extra_tries: int = 0
     ) -> bool:
-        """Record how this attempt ended; False (nothing written) if the attempt no longer
-        holds the job. ``state`` pending puts the job back, claimable after ``retry_in_s``."""
+        """Record how this attempt ended, and count it on its worker's row; False (nothing
+        written) if the attempt no longer holds the job. ``state`` pending puts the job
+        back, claimable after ``retry_in_s``."""
 
         def update() -> bool:
-            row = self._execute(
-                f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
-                    not_before = NOW + ?, max_attempts = max_attempts + ?
-                    WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
-                (state, error, retry_in_s, extra_tries, job.id, job.attempt, JobState.RUNNING),
-            ).fetchone()
+            with self._transaction():
+                row = self._execute(
+                    f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
+                        not_before = NOW + ?, max_attempts = max_attempts + ?
+                        WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
+                    (state, error, retry_in_s, extra_tries, job.id, job.attempt, JobState.RUNNING),
+                ).fetchone()
+                if row is not None:
+                    self._execute(
+                        f"""UPDATE {self.workers} SET jobs_done = jobs_done + 1,
+                            job_id = CASE WHEN job_id = ? THEN NULL ELSE job_id END WHERE id = ?""",
+                        (job.id, job.worker),
+                    )
             return row is not None
 
         return self._run(update)
@@ -424,16 +471,34 @@ class Queue:
         )
         return {state: count for state, count in rows}
 
-    def recent_durations(self, limit: int = 50, sweep_id: str | None = None) -> list[float]:
-        """Seconds from claim to end of the latest finished attempts that succeeded."""
-        where, params = self._sweep_filter(sweep_id, f"state = '{JobState.SUCCEEDED.value}'")
-        rows = self._run(
+    def sweeps(self) -> list[SweepSummary]:
+        """Every sweep's job counts and latest durations, newest sweep first; the runs
+        scheduled on their own are one more entry, with ``sweep_id`` None."""
+        count_rows = self._run(
             lambda: self._execute(
-                f"SELECT ended_at - claimed_at FROM {self.jobs}{where} ORDER BY ended_at DESC LIMIT ?",
-                [*params, limit],
+                f"SELECT sweep_id, state, COUNT(*), MAX(id) FROM {self.jobs} GROUP BY sweep_id, state"
             ).fetchall()
         )
-        return [row[0] for row in rows if row[0] is not None]
+        duration_rows = self._run(
+            lambda: self._execute(
+                f"""SELECT sweep_id, ended_at - claimed_at FROM (
+                    SELECT sweep_id, ended_at, claimed_at,
+                        ROW_NUMBER() OVER (PARTITION BY sweep_id ORDER BY ended_at DESC) AS newness
+                    FROM {self.jobs} WHERE state = ?) latest
+                    WHERE newness <= ? AND claimed_at IS NOT NULL""",
+                (JobState.SUCCEEDED, DURATIONS_PER_SWEEP),
+            ).fetchall()
+        )
+        counts: dict[str | None, dict[str, int]] = {}
+        newest: dict[str | None, int] = {}
+        durations: dict[str | None, list[float]] = {}
+        for sweep_id, state, count, last_id in count_rows:
+            counts.setdefault(sweep_id, {})[state] = count
+            newest[sweep_id] = max(newest.get(sweep_id, 0), last_id)
+        for sweep_id, seconds in duration_rows:
+            durations.setdefault(sweep_id, []).append(seconds)
+        summaries = [SweepSummary(s, counts[s], newest[s], durations.get(s, [])) for s in counts]
+        return sorted(summaries, key=lambda s: s.newest_job, reverse=True)
 
     def jobs_of(self, sweep_id: str | None = None, states: Sequence[str] = tuple(JobState)) -> list[Job]:
         marks = ", ".join("?" for _ in states)
