@@ -1,6 +1,7 @@
-"""The SQLite queue under faults, for real: a write lock held past the busy timeout by a
-second connection, a full filesystem (a small tmpfs), and a network filesystem (sshfs over
-the test sshd, a FUSE mount) where SQLite must not be used at all."""
+"""The queue under faults, for real: a write lock held past SQLite's busy timeout by a
+second connection; a full filesystem (a small tmpfs) under a SQLite file and under a
+PostgreSQL tablespace; and a network filesystem (sshfs over the test sshd, a FUSE mount)
+where SQLite must not be used at all."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import shutil
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import pytest
 from expman.cli import main
 from expman.errors import QueueError
 from expman.queue import JobState, NewJob, Queue, open_queue
-from expman.queue.dialects import SQLiteDialect
+from expman.queue.dialects import SQLiteDialect, dialect_for
 from expman.queue.filesystems import network_filesystem
 
 from .conftest import AWKWARD, require
@@ -95,10 +98,9 @@ def test_a_lock_held_past_every_retry_is_one_queue_error(tmp_path: Path) -> None
 # --- a full filesystem --------------------------------------------------------------
 
 
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs, unmounted after the test."""
-    mount = tmp_path / f"{AWKWARD} small fs"
+@contextmanager
+def _small_tmpfs(mount: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs mounted on ``mount`` (a new directory) while the block runs."""
     mount.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "expman-test", str(mount)], capture_output=True, text=True
@@ -108,6 +110,12 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:  # lazy: a connection a failed test left open must not keep the mount
         subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    with _small_tmpfs(tmp_path / f"{AWKWARD} small fs") as mount:
+        yield mount
 
 
 def _fill(directory: Path) -> Path:
@@ -162,6 +170,41 @@ def _fill_and_exercise(queue: Queue, path: Path, small_filesystem: Path) -> None
     assert queue.finish(running, JobState.SUCCEEDED)  # and the queue works again
     claimed = queue.claim("w2")
     assert claimed is not None and claimed.key == "b"
+
+
+@pytest.fixture
+def postgres_on_small_filesystem(postgres: Any) -> Iterator[tuple[str, Path]]:
+    """A PostgreSQL database whose tables live in a tablespace on a 1 MiB tmpfs."""
+    name = f"q_full_{os.getpid()}_{time.monotonic_ns()}"
+    with _small_tmpfs(postgres.datadir.parent / name) as mount:  # a directory the server can reach
+        shutil.chown(mount, "postgres", "postgres")
+        postgres.psql(f"CREATE TABLESPACE {name} LOCATION '{mount}'")
+        url = postgres.create_database(name)
+        postgres.psql(f"ALTER DATABASE {name} SET default_tablespace = {name}")
+        try:
+            yield url, mount
+        finally:
+            postgres.psql(f"DROP DATABASE {name} WITH (FORCE)")
+            postgres.psql(f"DROP TABLESPACE {name}")
+
+
+def test_a_full_postgresql_queue_is_one_line_not_a_lost_connection(
+    postgres_on_small_filesystem: tuple[str, Path],
+) -> None:
+    url, mount = postgres_on_small_filesystem
+    queue = Queue(dialect_for(url), retry_for_s=1.0)
+    try:
+        queue.add(_jobs("a"))
+        filler = _fill(mount)
+        with pytest.raises(QueueError) as raised:
+            queue.add(_jobs(*(f"k{i}" for i in range(500))))  # more than the table's first pages hold
+        message = _one_line(raised)
+        assert "No space left on device" in message and "lost the connection" not in message
+        filler.unlink()
+        assert queue.counts() == {"pending": 1}  # nothing of the failed add
+        assert len(queue.add(_jobs(*(f"k{i}" for i in range(500))))) == 500
+    finally:
+        queue.close()
 
 
 # --- a network filesystem -------------------------------------------------------------
