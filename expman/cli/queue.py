@@ -183,7 +183,7 @@ def _status_payload(
     return {
         "queue": shown,
         "exists": exists,
-        "counts": dict(sum((Counter(s.counts) for s in sweeps), Counter())),
+        "counts": _counts_of(sweeps),
         "total": sum(s.total for s in sweeps),
         "done": sum(s.done for s in sweeps),
         "eta_s": _total_eta(sweeps, len(workers)),
@@ -206,12 +206,10 @@ def _print_status(
             name = f"sweep {s.sweep_id}" if s.sweep_id else "single runs"
             grid.add_row(name, *_progress(s.counts, _eta(s, len(workers))))
     if folded:
-        counts = sum((Counter(s.counts) for s in folded), Counter())
         plural = "s" if len(folded) > 1 else ""
-        grid.add_row(f"{len(folded)} older finished sweep{plural}", *_progress(counts, 0.0))
+        grid.add_row(f"{len(folded)} older finished sweep{plural}", *_progress(_counts_of(folded), 0.0))
     if len(sweeps) > 1:
-        counts = sum((Counter(s.counts) for s in sweeps), Counter())
-        grid.add_row("total", *_progress(counts, _total_eta(sweeps, len(workers))))
+        grid.add_row("total", *_progress(_counts_of(sweeps), _total_eta(sweeps, len(workers))))
     console.print(shown, markup=False, soft_wrap=True)
     console.print(grid)
     now = utc_now().timestamp()
@@ -224,6 +222,10 @@ def _print_status(
         )
     if not workers and any(s.remaining for s in sweeps):
         console.print("no live workers; start some with: expman worker -j N", markup=False)
+
+
+def _counts_of(sweeps: list[SweepSummary]) -> dict[str, int]:
+    return dict(sum((Counter(s.counts) for s in sweeps), Counter()))
 
 
 def _progress(counts: Mapping[str, int], eta: float | None) -> tuple[ProgressBar, str, str, str]:
