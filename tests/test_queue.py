@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from expman.cli import main
-from expman.queue import NewJob, open_queue
+from expman.queue import JobState, NewJob, open_queue
 
 from .conftest import read_record
 
@@ -173,6 +173,28 @@ class TestQueueContract:
         assert record["attempts"][1]["status"] == "succeeded"
         (job,) = open_queue(queue_url).jobs_of()
         assert (job.state, job.attempt) == ("succeeded", 2)
+
+    def test_status_sees_sweeps_and_busy_workers_and_a_look_makes_nothing(
+        self, queue_url: str, tmp_path: Path, capsys: Any
+    ) -> None:
+        status = ["status", "--queue", queue_url, "--runs-root", str(tmp_path / "no runs")]
+        assert main(status) == 0 and "no queue yet" in capsys.readouterr().out
+        assert not open_queue(queue_url, create=False).exists()  # no file, no tables
+        queue = open_queue(queue_url)
+        queue.register_worker("w1", "host", 1)
+        queue.add(_jobs(3))
+        first = queue.claim("w1")
+        assert first is not None and queue.finish(first, JobState.SUCCEEDED)
+        second = queue.claim("w1")
+        assert second is not None
+        (sweep,) = queue.sweeps()
+        assert (sweep.sweep_id, sweep.counts) == ("s", {"succeeded": 1, "running": 1, "pending": 1})
+        assert len(sweep.durations) == 1
+        (worker,) = queue.live_workers()
+        assert (worker.job_id, worker.jobs_done) == (second.id, 1)  # from the claim and the finish
+        assert main([*status, "--sweep", "s"]) == 0
+        out = capsys.readouterr().out
+        assert "sweep s" in out and "1/3 done" in out and f"worker w1: job {second.id}, 1 done" in out
 
     def test_a_poison_job_runs_exactly_max_attempts(self, queue_url: str, make_repo: Any, runs_root: Path) -> None:
         queue_settings = {"lease": LEASE, "max_attempts": 3, "backoff": "0.5s"}

@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 import statistics
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -20,7 +22,7 @@ from ..errors import ConfigError, UsageError
 from ..experiment.git import find_repository
 from ..experiment.sweep import expand_sweep
 from ..progress import Reporter
-from ..queue import JobState, queue_url
+from ..queue import JobState, SweepSummary, WorkerInfo, open_queue, queue_url
 from ..rundir.layout import utc_now
 from .common import Commands, add_queue, add_repo, add_runs_root, open_queue_of, runs_root
 
@@ -52,7 +54,7 @@ def add_parsers(commands: Commands) -> None:
     p = commands.add_parser("status", help="jobs per state, progress, ETA and live workers of the queue")
     add_queue(p)
     add_runs_root(p)
-    p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs")
+    p.add_argument("--sweep", metavar="ID", help="only this sweep's jobs (its id or a unique prefix)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=cmd_status)
 
@@ -139,37 +141,77 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
-    queue = open_queue_of(args, runs_root(args))
-    try:
-        counts = queue.counts(args.sweep)
-        workers = queue.live_workers()
-        durations = queue.recent_durations(sweep_id=args.sweep)
+    queue = open_queue(queue_url(args.queue, runs_root(args), os.environ), create=False)
+    try:  # a look makes nothing: no queue file on a new runs root
+        exists = queue.exists()
+        sweeps, workers = (queue.sweeps(), queue.live_workers()) if exists else ([], [])
     finally:
         queue.close()
-    total = sum(counts.values())
-    done = sum(counts.get(s, 0) for s in JobState if s.is_finished)
-    remaining = counts.get(JobState.PENDING, 0) + counts.get(JobState.RUNNING, 0)
-    eta = _eta(durations, remaining, len(workers))
+    if exists and args.sweep:
+        sweeps = [_named_sweep(sweeps, args.sweep, queue.shown)]
     if args.format == "json":
-        rows = [{"id": w.id, "host": w.host, "pid": w.pid, "job": w.job_id, "jobs_done": w.jobs_done} for w in workers]
-        payload = {"queue": queue.shown, "counts": counts, "total": total, "eta_s": eta, "workers": rows}
-        console.print_json(json.dumps(payload))
-        return 0
-    if not total:
-        console.print(f"{queue.shown}: no jobs" + (f" in sweep {args.sweep}" if args.sweep else ""), markup=False)
-        return 0
-    console.print(
-        f"{queue.shown}: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in JobState) + f" of {total}",
-        markup=False,
-        soft_wrap=True,
-    )
-    line = Table.grid(padding=(0, 1))
-    line.add_row(
-        ProgressBar(total=total, completed=done, width=40),
-        f"{done}/{total} done",
-        f"ETA {_clock(eta)}" if eta is not None else "ETA unknown until a job succeeds and a worker is live",
-    )
-    console.print(line)
+        console.print_json(json.dumps(_status_payload(queue.shown, exists, sweeps, workers)))
+    elif not exists:
+        console.print(f"{queue.shown}: no queue yet ('expman schedule' makes it)", markup=False, soft_wrap=True)
+    elif not sweeps:
+        console.print(f"{queue.shown}: no jobs", markup=False, soft_wrap=True)
+    else:
+        _print_status(console, queue.shown, sweeps, workers, fold=not args.sweep)
+    return 0
+
+
+def _named_sweep(sweeps: list[SweepSummary], prefix: str, shown: str) -> SweepSummary:
+    """The sweep whose id is ``prefix``, or the only one that starts with it."""
+    matches = [s for s in sweeps if s.sweep_id == prefix] or [
+        s for s in sweeps if s.sweep_id and s.sweep_id.startswith(prefix)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"--sweep {prefix}: no sweep in {shown} starts with it; 'expman status' lists them")
+    ids = ", ".join(str(s.sweep_id) for s in matches[:10]) + (", ..." if len(matches) > 10 else "")
+    raise UsageError(f"--sweep {prefix}: {len(matches)} sweeps start with it ({ids}); give more of the id")
+
+
+def _status_payload(
+    shown: str, exists: bool, sweeps: list[SweepSummary], workers: list[WorkerInfo]
+) -> dict[str, object]:
+    rows = [
+        {"sweep": s.sweep_id, "counts": s.counts, "total": s.total, "done": s.done, "eta_s": _eta(s, len(workers))}
+        for s in sweeps
+    ]
+    return {
+        "queue": shown,
+        "exists": exists,
+        "counts": _counts_of(sweeps),
+        "total": sum(s.total for s in sweeps),
+        "done": sum(s.done for s in sweeps),
+        "eta_s": _total_eta(sweeps, len(workers)),
+        "sweeps": rows,
+        "workers": [
+            {"id": w.id, "host": w.host, "pid": w.pid, "job": w.job_id, "jobs_done": w.jobs_done} for w in workers
+        ],
+    }
+
+
+def _print_status(
+    console: Console, shown: str, sweeps: list[SweepSummary], workers: list[WorkerInfo], fold: bool
+) -> None:
+    """A line per sweep, newest first, each with its own ETA (with ``fold``, finished sweeps
+    other than the newest share one line); then the total and the workers."""
+    folded = [s for s in sweeps[1:] if not s.remaining] if fold else []
+    grid = Table.grid(padding=(0, 1))
+    for s in sweeps:
+        if s not in folded:
+            name = f"sweep {s.sweep_id}" if s.sweep_id else "single runs"
+            grid.add_row(name, *_progress(s.counts, _eta(s, len(workers))))
+    if folded:
+        plural = "s" if len(folded) > 1 else ""
+        grid.add_row(f"{len(folded)} older finished sweep{plural}", *_progress(_counts_of(folded), 0.0))
+    if len(sweeps) > 1:
+        grid.add_row("total", *_progress(_counts_of(sweeps), _total_eta(sweeps, len(workers))))
+    console.print(shown, markup=False, soft_wrap=True)
+    console.print(grid)
     now = utc_now().timestamp()
     for w in workers:
         doing = f"job {w.job_id}" if w.job_id is not None else "idle"
@@ -178,17 +220,36 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             f"heartbeat {max(0.0, now - w.heartbeat_at):.0f}s ago",
             markup=False,
         )
-    if not workers and remaining:
+    if not workers and any(s.remaining for s in sweeps):
         console.print("no live workers; start some with: expman worker -j N", markup=False)
-    return 0
 
 
-def _eta(durations: list[float], remaining: int, workers: int) -> float | None:
-    if not remaining:
+def _counts_of(sweeps: list[SweepSummary]) -> dict[str, int]:
+    return dict(sum((Counter(s.counts) for s in sweeps), Counter()))
+
+
+def _progress(counts: Mapping[str, int], eta: float | None) -> tuple[ProgressBar, str, str, str]:
+    """A bar, "done/total done", the non-zero counts per state, and the ETA."""
+    total = sum(counts.values())
+    done = sum(counts.get(s, 0) for s in JobState if s.is_finished)
+    states = ", ".join(f"{counts[s]} {s}" for s in JobState if counts.get(s))
+    until = "" if done == total else f"ETA {_clock(eta)}" if eta is not None else "ETA ? (no success or no worker yet)"
+    return ProgressBar(total=total, completed=done, width=30), f"{done}/{total} done", states, until
+
+
+def _eta(sweep: SweepSummary, workers: int) -> float | None:
+    """The median duration of the sweep's own latest successes, times its jobs left, over
+    the live workers."""
+    if not sweep.remaining:
         return 0.0
-    if not durations or not workers:
+    if not sweep.durations or not workers:
         return None
-    return statistics.median(durations) * remaining / workers
+    return statistics.median(sweep.durations) * sweep.remaining / workers
+
+
+def _total_eta(sweeps: list[SweepSummary], workers: int) -> float | None:
+    etas = [_eta(s, workers) for s in sweeps]
+    return None if None in etas else sum(e for e in etas if e is not None)
 
 
 def _clock(seconds: float | None) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .dialects import dialect_for
-from .store import Job, JobState, NewJob, Queue, WorkerInfo
+from .store import Job, JobState, NewJob, Queue, SweepSummary, WorkerInfo
 
 QUEUE_VARIABLE = "EXPMAN_QUEUE"
 DEFAULT_FILE = "queue.sqlite"
@@ -16,6 +16,7 @@ __all__ = [
     "JobState",
     "NewJob",
     "Queue",
+    "SweepSummary",
     "WorkerInfo",
     "open_queue",
     "queue_url",
@@ -27,5 +28,7 @@ def queue_url(explicit: str | None, runs_root: Path, environ: Mapping[str, str])
     return explicit or environ.get(QUEUE_VARIABLE) or f"sqlite://{runs_root.absolute() / DEFAULT_FILE}"
 
 
-def open_queue(url: str, application_name: str = "expman") -> Queue:
-    return Queue(dialect_for(url), application_name)
+def open_queue(url: str, application_name: str = "expman", create: bool = True) -> Queue:
+    """The queue at ``url``, made there (file and tables) if it is not there yet; with
+    ``create`` false, only to look at: nothing is made (``Queue.exists`` tells)."""
+    return Queue(dialect_for(url), application_name, create=create)

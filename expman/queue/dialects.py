@@ -1,6 +1,7 @@
 """The two databases a queue lives in: a SQLite file (one machine, the default) and
-PostgreSQL (many machines). A dialect connects, names the SQL that differs, and tells
-which errors mean "try again" (a lock held too long, a dropped connection).
+PostgreSQL (many machines). A dialect connects, names the SQL that differs, tells which
+errors mean "try again" (a lock held too long, a dropped connection), and puts any other
+database error into one line for the user.
 
 Queue URLs:
 
@@ -17,9 +18,10 @@ import re
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import QueueError
+from .filesystems import network_filesystem
 
 DEFAULT_PREFIX = "expman"
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,39}")
@@ -38,8 +40,13 @@ class Dialect:
         self.shown = shown  # the URL without any password, for messages and records
         self.prefix = prefix
 
-    def connect(self, application_name: str) -> Any:
+    def connect(self, application_name: str, create: bool = True) -> Any:
+        """A connection; with ``create`` false, one that makes no database file."""
         raise NotImplementedError
+
+    def present(self) -> bool:
+        """Whether the database may hold a queue (a SQLite file exists); looking makes nothing."""
+        return True
 
     def sql(self, text: str) -> str:
         """``?`` placeholders and the NOW token in this dialect."""
@@ -53,6 +60,11 @@ class Dialect:
         """Someone else holds the lock longer than we wait: try again later."""
         return False
 
+    def failure(self, exc: BaseException) -> str | None:
+        """Any other error of the database, as one line for the user; None for an exception
+        that is not the database's (a bug, which keeps its traceback)."""
+        return None
+
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
@@ -65,18 +77,49 @@ class SQLiteDialect(Dialect):
         self.path = path
         self.busy_timeout_s = busy_timeout_s
 
-    def connect(self, application_name: str) -> sqlite3.Connection:
+    def connect(self, application_name: str, create: bool = True) -> sqlite3.Connection:
+        self._refuse_network_filesystem()
+        # mode=rw fails on a missing file instead of making an empty one
+        target = f"file:{quote(str(self.path), safe='/')}?mode={'rwc' if create else 'rw'}"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, timeout=self.busy_timeout_s, isolation_level=None, uri=True)
         except (OSError, sqlite3.Error) as exc:
             raise QueueError(f"cannot open the queue {self.shown}: {exc}; check the path and its permissions") from None
+        try:  # errors here (a lock, a damaged file) are the caller's to retry or report
+            if create:
+                conn.execute("PRAGMA journal_mode=WAL")  # readers (status) never wait for writers
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _refuse_network_filesystem(self) -> None:
+        filesystem = network_filesystem(self.path.parent)
+        if filesystem is not None:
+            raise QueueError(
+                f"the queue {self.shown} is on a network filesystem ({filesystem}), where SQLite's locks and "
+                "WAL mode corrupt it silently; use PostgreSQL for workers on several machines: --queue "
+                "postgresql://user@host/dbname or EXPMAN_QUEUE, or a queue file on a local disk"
+            )
+
+    def present(self) -> bool:
+        return self.path.is_file()
 
     def busy(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+    def failure(self, exc: BaseException) -> str | None:
+        if not isinstance(exc, sqlite3.Error):
+            return None
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL":
+            return (
+                f"the queue {self.shown} could not be written: database or disk is full (disk full at "
+                f"{self.path.parent}); nothing was changed, free space there and start again"
+            )
+        return f"the queue {self.shown} failed: {exc}; check the file and its filesystem"
 
 
 class PostgresDialect(Dialect):
@@ -92,7 +135,7 @@ class PostgresDialect(Dialect):
     def sql(self, text: str) -> str:
         return super().sql(text).replace("?", "%s")
 
-    def connect(self, application_name: str) -> Any:
+    def connect(self, application_name: str, create: bool = True) -> Any:
         try:
             import psycopg
         except ImportError:
@@ -114,7 +157,29 @@ class PostgresDialect(Dialect):
     def disconnected(self, exc: BaseException) -> bool:
         import psycopg
 
-        return isinstance(exc, psycopg.OperationalError)
+        return isinstance(exc, psycopg.OperationalError) and not self.busy(exc) and not _out_of_resources(exc)
+
+    def busy(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.Error) and exc.sqlstate in _PG_TRY_AGAIN
+
+    def failure(self, exc: BaseException) -> str | None:
+        import psycopg
+
+        if not isinstance(exc, psycopg.Error):
+            return None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"the queue {self.shown} failed: {first}; check the database server and its disk"
+
+
+# serialization failure, deadlock, lock not available: the transaction may simply be run again
+_PG_TRY_AGAIN = {"40001", "40P01", "55P03"}
+
+
+def _out_of_resources(exc: Any) -> bool:
+    """Disk full, out of memory, too many connections (SQLSTATE class 53): not a lost link."""
+    return (exc.sqlstate or "").startswith("53")
 
 
 def dialect_for(url: str) -> Dialect:

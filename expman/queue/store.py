@@ -8,6 +8,10 @@ worker that lost its lease (stopped, partitioned) can neither extend it nor reco
 A claim takes the write lock first (SQLite BEGIN IMMEDIATE; PostgreSQL SELECT ... FOR
 UPDATE SKIP LOCKED), so two workers never claim one job. Order: jobs whose worker went
 silent (lease expired) first, then pending jobs by priority (higher first), then age.
+
+Every operation is one transaction. A dropped connection is reopened and a lock held by
+someone else is waited out, both for a bounded time; whatever the database answers then is
+a ``QueueError`` of one line, never the driver's own exception.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ class JobState(StrEnum):
 
 
 LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)  # a key in one of these is not scheduled again
-RECONNECT_FOR_S = 120.0
+RETRY_FOR_S = 120.0  # how long a lost connection is reopened, or a held lock waited for, before giving up
 WORKER_TTL_S = 30.0
+DURATIONS_PER_SWEEP = 50  # the latest successes of a sweep that its ETA is taken from
 
 T = TypeVar("T")
 
@@ -91,6 +96,28 @@ class Job:
 
 
 @dataclass(frozen=True)
+class SweepSummary:
+    """The jobs of one sweep (``sweep_id`` None: runs scheduled on their own)."""
+
+    sweep_id: str | None
+    counts: dict[str, int]
+    newest_job: int  # the id of its latest job: sweeps sort by it, newest first
+    durations: list[float]  # seconds from claim to end of its latest successes
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(n for state, n in self.counts.items() if JobState(state).is_finished)
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     id: str
     host: str
@@ -102,17 +129,29 @@ class WorkerInfo:
 
 
 class Queue:
-    """One connection to one queue. Not shared between threads: open one per thread."""
+    """One connection to one queue. Not shared between threads: open one per thread.
 
-    def __init__(self, dialect: Dialect, application_name: str = "expman") -> None:
+    ``create`` false opens a queue only to look at it: no file or table is made
+    (``exists`` tells whether there is a queue at all)."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        application_name: str = "expman",
+        create: bool = True,
+        retry_for_s: float = RETRY_FOR_S,
+    ) -> None:
         self.dialect = dialect
         self.application_name = application_name
         self.jobs = f"{dialect.prefix}_jobs"
         self.workers = f"{dialect.prefix}_workers"
+        self.retry_for_s = retry_for_s
         # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
         self.claim_pause: Callable[[], None] | None = None
+        self._create = create
         self._conn: Any = None
-        self._run(self._create_tables)
+        if create:
+            self._run(self._create_tables)
 
     @property
     def shown(self) -> str:
@@ -125,11 +164,15 @@ class Queue:
             finally:
                 self._conn = None
 
+    def exists(self) -> bool:
+        """Whether a queue was made here (looking makes nothing)."""
+        return self.dialect.present() and self._run(self._table_exists)
+
     # --- plumbing ------------------------------------------------------------------
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self.dialect.connect(self.application_name)
+            self._conn = self.dialect.connect(self.application_name, create=self._create)
         return self._conn
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -148,10 +191,12 @@ class Queue:
             raise
         self._execute("COMMIT")
 
-    def _run(self, operation: Callable[[], T]) -> T:
-        """Run ``operation``; a dropped connection is reopened and the operation run again
-        (each operation is one transaction, so a retry never applies half of one)."""
-        deadline = time.monotonic() + RECONNECT_FOR_S
+    def _run(self, operation: Callable[[], T], on_busy: Callable[[], T] | None = None) -> T:
+        """Run ``operation``; a dropped connection is reopened and a lock held by someone
+        else waited for, and the operation run again, for up to ``retry_for_s`` (each
+        operation is one transaction, so a retry never applies half of one). With
+        ``on_busy``, a held lock returns its answer at once instead."""
+        deadline = time.monotonic() + self.retry_for_s
         delay = 0.1
         while True:
             try:
@@ -159,16 +204,35 @@ class Queue:
             except QueueError:
                 raise
             except Exception as exc:
-                if not self.dialect.disconnected(exc):
-                    raise
-                self.close()
-                if time.monotonic() > deadline:
-                    raise QueueError(
-                        f"lost the connection to the queue {self.shown} and could not reconnect for "
-                        f"{RECONNECT_FOR_S:.0f}s; check the database server"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if on_busy is not None and self.dialect.busy(exc):
+                    return on_busy()
+                self._give_up_unless_transient(exc, deadline)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _give_up_unless_transient(self, exc: Exception, deadline: float) -> None:
+        """Return if ``exc`` is worth another try before ``deadline``; else raise it as a
+        QueueError (or as it is, if it is not the database's)."""
+        lost, busy = self.dialect.disconnected(exc), self.dialect.busy(exc)
+        if lost:
+            self.close()
+        if (lost or busy) and time.monotonic() < deadline:
+            return
+        if lost:
+            raise QueueError(
+                f"lost the connection to the queue {self.shown} and could not reconnect for "
+                f"{self.retry_for_s:.0f}s; check the database server"
+            ) from None
+        if busy:
+            raise QueueError(
+                f"the queue {self.shown} stayed locked by another process for {self.retry_for_s:.0f}s; "
+                "look for a stuck expman process holding it and stop it"
+            ) from None
+        message = self.dialect.failure(exc)
+        if message is None:
+            raise exc
+        self.close()  # a failed write may leave the connection in any state: start afresh
+        raise QueueError(message) from None
 
     def _create_tables(self) -> None:
         d = self.dialect
@@ -280,8 +344,9 @@ class Queue:
     # --- claiming ------------------------------------------------------------------
 
     def claim(self, worker: str) -> Job | None:
-        """The next job, now running as this worker's attempt; None when no job can be
-        claimed right now (none waiting, or all of them held by other claims)."""
+        """The next job, now running as this worker's attempt (and shown on its row in
+        ``expman status``); None when no job can be claimed right now (none waiting, all of
+        them held by other claims, or the database locked by another writer)."""
 
         def attempt() -> Job | None:
             with self._transaction():
@@ -306,14 +371,10 @@ class Queue:
                         ended_at = NULL, lease_until = NOW + lease_s WHERE id = ? RETURNING {_JOB_COLUMNS}""",
                     (JobState.RUNNING, worker, row[0]),
                 ).fetchone()
+                self._execute(f"UPDATE {self.workers} SET job_id = ? WHERE id = ?", (row[0], worker))
             return Job.from_row(claimed)
 
-        try:
-            return self._run(attempt)
-        except Exception as exc:
-            if self.dialect.busy(exc):
-                return None
-            raise
+        return self._run(attempt, on_busy=lambda: None)
 
     def waiting(self) -> bool:
         """Whether any job may still become claimable: pending (maybe in backoff or held by
@@ -357,16 +418,24 @@ class Queue:
     def finish(
         self, job: Job, state: str, error: str | None = None, retry_in_s: float = 0.0, extra_tries: int = 0
     ) -> bool:
-        """Record how this attempt ended; False (nothing written) if the attempt no longer
-        holds the job. ``state`` pending puts the job back, claimable after ``retry_in_s``."""
+        """Record how this attempt ended, and count it on its worker's row; False (nothing
+        written) if the attempt no longer holds the job. ``state`` pending puts the job
+        back, claimable after ``retry_in_s``."""
 
         def update() -> bool:
-            row = self._execute(
-                f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
-                    not_before = NOW + ?, max_attempts = max_attempts + ?
-                    WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
-                (state, error, retry_in_s, extra_tries, job.id, job.attempt, JobState.RUNNING),
-            ).fetchone()
+            with self._transaction():
+                row = self._execute(
+                    f"""UPDATE {self.jobs} SET state = ?, error = ?, ended_at = NOW, lease_until = NULL,
+                        not_before = NOW + ?, max_attempts = max_attempts + ?
+                        WHERE id = ? AND attempt = ? AND state = ? RETURNING id""",
+                    (state, error, retry_in_s, extra_tries, job.id, job.attempt, JobState.RUNNING),
+                ).fetchone()
+                if row is not None:
+                    self._execute(
+                        f"""UPDATE {self.workers} SET jobs_done = jobs_done + 1,
+                            job_id = CASE WHEN job_id = ? THEN NULL ELSE job_id END WHERE id = ?""",
+                        (job.id, job.worker),
+                    )
             return row is not None
 
         return self._run(update)
@@ -413,16 +482,34 @@ class Queue:
         )
         return {state: count for state, count in rows}
 
-    def recent_durations(self, limit: int = 50, sweep_id: str | None = None) -> list[float]:
-        """Seconds from claim to end of the latest finished attempts that succeeded."""
-        where, params = self._sweep_filter(sweep_id, f"state = '{JobState.SUCCEEDED.value}'")
-        rows = self._run(
+    def sweeps(self) -> list[SweepSummary]:
+        """Every sweep's job counts and latest durations, newest sweep first; the runs
+        scheduled on their own are one more entry, with ``sweep_id`` None."""
+        count_rows = self._run(
             lambda: self._execute(
-                f"SELECT ended_at - claimed_at FROM {self.jobs}{where} ORDER BY ended_at DESC LIMIT ?",
-                [*params, limit],
+                f"SELECT sweep_id, state, COUNT(*), MAX(id) FROM {self.jobs} GROUP BY sweep_id, state"
             ).fetchall()
         )
-        return [row[0] for row in rows if row[0] is not None]
+        duration_rows = self._run(
+            lambda: self._execute(
+                f"""SELECT sweep_id, ended_at - claimed_at FROM (
+                    SELECT sweep_id, ended_at, claimed_at,
+                        ROW_NUMBER() OVER (PARTITION BY sweep_id ORDER BY ended_at DESC) AS newness
+                    FROM {self.jobs} WHERE state = ?) latest
+                    WHERE newness <= ? AND claimed_at IS NOT NULL""",
+                (JobState.SUCCEEDED, DURATIONS_PER_SWEEP),
+            ).fetchall()
+        )
+        counts: dict[str | None, dict[str, int]] = {}
+        newest: dict[str | None, int] = {}
+        durations: dict[str | None, list[float]] = {}
+        for sweep_id, state, count, last_id in count_rows:
+            counts.setdefault(sweep_id, {})[state] = count
+            newest[sweep_id] = max(newest.get(sweep_id, 0), last_id)
+        for sweep_id, seconds in duration_rows:
+            durations.setdefault(sweep_id, []).append(seconds)
+        summaries = [SweepSummary(s, counts[s], newest[s], durations.get(s, [])) for s in counts]
+        return sorted(summaries, key=lambda s: s.newest_job, reverse=True)
 
     def jobs_of(self, sweep_id: str | None = None, states: Sequence[str] = tuple(JobState)) -> list[Job]:
         marks = ", ".join("?" for _ in states)
