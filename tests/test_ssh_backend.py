@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
 from expman import errors
+from expman.backends.remote import connect
 from expman.cli import main
+from expman.experiment.config import HostSettings
 
 from .conftest import BASE_IMAGE, only_run, read_record
 from .helpers import submit, wait_for_status
@@ -36,6 +41,18 @@ def remote_repo(make_repo, sshd, docker_client):
         return make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd, **host)}}, job)
 
     return make
+
+
+def host_settings(sshd: Any) -> HostSettings:
+    return HostSettings(
+        name="box",
+        user=sshd.user,
+        hostname="127.0.0.1",
+        port=sshd.port,
+        runs_root="~",
+        identity_file=str(sshd.identity_file),
+        known_hosts=str(sshd.known_hosts),
+    )
 
 
 def remote_dir(sshd: Any, record: dict[str, Any]) -> Path:
@@ -69,25 +86,34 @@ def test_remote_submit_run_sync_and_table(remote_repo, sshd, runs_root, docker_c
 def test_one_connection_carries_many_docker_requests(sshd, docker_client):
     """Each Docker request is its own SSH channel; hundreds of them, each ending as the host
     closes it, must never make sshd drop the connection."""
-    from expman.backends.remote import connect
-    from expman.experiment.config import HostSettings
-
-    settings = HostSettings(
-        name="box",
-        user=sshd.user,
-        hostname="127.0.0.1",
-        port=sshd.port,
-        runs_root="~",
-        identity_file=str(sshd.identity_file),
-        known_hosts=str(sshd.known_hosts),
-    )
-    with connect(settings) as host:
+    with connect(host_settings(sshd)) as host:
         engine = host.docker({})
         for _ in range(100):
             engine.api.ping()
             engine.containers.list(all=True, limit=1)
             engine.images.get(BASE_IMAGE)
         assert host.alive
+
+
+@pytest.fixture
+def other_sshd(sshd):
+    """A second sshd listener, as another test run or engineer on this machine would have."""
+    from .daemons import start_sshd
+
+    workdir = Path(tempfile.mkdtemp(prefix="expman-sshd-"))
+    daemon = start_sshd(workdir)
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_killing_the_sessions_of_one_sshd_leaves_those_of_another(sshd, other_sshd):
+    """A test ends only the processes it started: the sessions of its own sshd listener."""
+    with connect(host_settings(sshd)) as mine, connect(host_settings(other_sshd)) as theirs:
+        other_sshd.kill_sessions()
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            theirs.sftp.listdir(".")
+        assert mine.sftp.listdir(".") is not None and mine.alive
 
 
 def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo, sshd, runs_root, capsys):
