@@ -25,7 +25,7 @@ from typing import Any
 import docker
 import paramiko
 
-from ..errors import ConfigError, HostKeyError, RemoteError
+from ..errors import ConfigError, ExpmanError, HostKeyError, RemoteError
 from ..experiment.config import HostSettings, parse_duration
 from .engine import connect as connect_docker
 
@@ -205,22 +205,54 @@ class RemoteHost:
 def connect(settings: HostSettings, alive_timeout_s: float = ALIVE_TIMEOUT_S) -> RemoteHost:
     """Log in with the host key checked; every failure is one clear line. A link that leaves
     a keepalive unanswered for ``alive_timeout_s`` is closed."""
+    client = _checking_client(settings)
+    _log_in(client, settings)
+    transport = client.get_transport()
+    assert transport is not None
+    watchdog = _LinkWatchdog(transport, alive_timeout_s)
+    try:
+        return RemoteHost(settings, client, watchdog)
+    except (paramiko.SSHException, OSError) as exc:
+        client.close()
+        watchdog.stop()
+        raise RemoteError(
+            f"{_where(settings)} accepted the login but SFTP failed ({exc}); enable its sftp subsystem"
+        ) from None
+
+
+def _where(settings: HostSettings) -> str:
+    return f"{settings.name} ({settings.target})"
+
+
+def _checking_client(settings: HostSettings) -> paramiko.SSHClient:
+    """A client that checks host keys against known_hosts and never adds one."""
     known_hosts = Path(settings.known_hosts).expanduser()
-    where = f"{settings.name} ({settings.target})"
-    client = paramiko.SSHClient()
     if not known_hosts.is_file():
         raise HostKeyError(
-            f"no known_hosts file at {known_hosts}, so the key of {where} cannot be checked; "
+            f"no known_hosts file at {known_hosts}, so the key of {_where(settings)} cannot be checked; "
             f'add the host with ssh-keyscan or set "known_hosts" for it in expman.hosts'
         )
+    client = paramiko.SSHClient()
     try:
         client.load_host_keys(str(known_hosts))
     except OSError as exc:
         raise HostKeyError(f"cannot read {known_hosts}: {exc}; fix the file") from None
     client.set_missing_host_key_policy(_RefuseUnknownHost(settings, known_hosts))
-    identity = str(Path(settings.identity_file).expanduser()) if settings.identity_file else None
-    if identity is not None and not Path(identity).is_file():
+    return client
+
+
+def _identity_file(settings: HostSettings) -> str | None:
+    """The configured private key, which must exist; None: the user's keys and agent."""
+    if not settings.identity_file:
+        return None
+    identity = str(Path(settings.identity_file).expanduser())
+    if not Path(identity).is_file():
         raise RemoteError(f'identity_file {identity} of host {settings.name} does not exist; fix "identity_file"')
+    return identity
+
+
+def _log_in(client: paramiko.SSHClient, settings: HostSettings) -> None:
+    identity = _identity_file(settings)
     try:
         client.connect(
             settings.hostname,
@@ -233,38 +265,32 @@ def connect(settings: HostSettings, alive_timeout_s: float = ALIVE_TIMEOUT_S) ->
             banner_timeout=CONNECT_TIMEOUT_S,
             auth_timeout=CONNECT_TIMEOUT_S,
         )
-    except HostKeyError:
+    except (HostKeyError, paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostKeyError(
+        raise _login_error(exc, settings, identity) from None
+
+
+def _login_error(exc: Exception, settings: HostSettings, identity: str | None) -> ExpmanError:
+    """What a failed login means, in one line."""
+    where, known_hosts = _where(settings), Path(settings.known_hosts).expanduser()
+    if isinstance(exc, HostKeyError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
             f"the host key of {where} does not match {known_hosts} (got {exc.key.get_name()} "
             f"{exc.key.fingerprint}); refusing to connect. If the host was reinstalled, check the new key "
             f"and replace its line: ssh-keygen -R '[{settings.hostname}]:{settings.port}' -f {known_hosts}"
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
         key = f"the key {identity}" if identity else "your keys and agent"
-        raise RemoteError(
+        return RemoteError(
             f"{where} refused the login as {settings.user or 'the current user'} with {key}; "
             f'check the user in "ssh" and that the public key is in the host\'s authorized_keys'
-        ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        reason = str(exc) or type(exc).__name__
-        raise RemoteError(
-            f"cannot reach {where}: {reason}; check that the host is up and sshd listens on port {settings.port}"
-        ) from None
-    transport = client.get_transport()
-    assert transport is not None
-    watchdog = _LinkWatchdog(transport, alive_timeout_s)
-    try:
-        return RemoteHost(settings, client, watchdog)
-    except (paramiko.SSHException, OSError) as exc:
-        client.close()
-        watchdog.stop()
-        raise RemoteError(f"{where} accepted the login but SFTP failed ({exc}); enable its sftp subsystem") from None
+        )
+    reason = str(exc) or type(exc).__name__
+    return RemoteError(
+        f"cannot reach {where}: {reason}; check that the host is up and sshd listens on port {settings.port}"
+    )
 
 
 class _DockerTunnel:
