@@ -11,6 +11,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -38,6 +39,64 @@ def _wait_for(check, what: str, log: Path, timeout_s: float = 30.0) -> None:  # 
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise RuntimeError(f"{what} did not come up; log {log}:\n{tail}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid``, from the parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended while we looked
+        ppid = int(text.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def freeze_descendants(pid: int) -> list[int]:
+    """SIGSTOP every descendant of ``pid``; returns their pids. Scanned again until nothing
+    new appears, since a process may fork before its stop lands (a stopped one cannot)."""
+    frozen: list[int] = []
+    while new := [p for p in descendants(pid) if p not in frozen]:
+        for child in new:
+            _send(child, signal.SIGSTOP)
+        frozen += new
+        _await_stop(new)
+    return frozen
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        _send(pid, signal.SIGKILL)
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _await_stop(pids: list[int], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(_state(pid) not in "tTZX" for pid in pids):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes {pids} did not stop within {timeout_s} s")
+        time.sleep(0.01)
+
+
+def _state(pid: int) -> str:
+    """The one-letter state from /proc (X: gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 
 
 def _need(*programs: str) -> None:
@@ -130,14 +189,20 @@ class Sshd:
     def target(self) -> str:
         return f"{self.user}@127.0.0.1:{self.port}"
 
+    def freeze_sessions(self) -> list[int]:
+        """Stop (SIGSTOP) the processes serving this listener's connections: a silent link,
+        the peer gone without closing. Returns their pids for ``kill_pids``."""
+        return freeze_descendants(self.proc.pid)
+
     def kill_sessions(self) -> None:
-        """Kill every sshd process serving a connection (not the listener): a dropped link."""
-        subprocess.run(["pkill", "-KILL", "-f", f"sshd: {self.user}"], check=False)
+        """Kill the processes serving this listener's connections (not the listener, nor
+        any other sshd's sessions of the same user): a dropped link."""
+        kill_pids(self.freeze_sessions())
 
     def stop(self) -> None:
+        self.kill_sessions()  # while they are still the listener's children
         self.proc.terminate()
         self.proc.wait(10)
-        self.kill_sessions()
 
 
 def ensure_remote_user() -> pwd.struct_passwd:

@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 
 from expman import errors
+from expman.backends.remote import alive_timeout_s, connect
 from expman.cli import main
+from expman.experiment.config import HostSettings
 
 from .conftest import BASE_IMAGE, only_run, read_record
+from .daemons import kill_pids, start_sshd
 from .helpers import submit, wait_for_status
 
 
@@ -36,6 +42,18 @@ def remote_repo(make_repo, sshd, docker_client):
         return make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd, **host)}}, job)
 
     return make
+
+
+def host_settings(sshd: Any) -> HostSettings:
+    return HostSettings(
+        name="box",
+        user=sshd.user,
+        hostname="127.0.0.1",
+        port=sshd.port,
+        runs_root="~",
+        identity_file=str(sshd.identity_file),
+        known_hosts=str(sshd.known_hosts),
+    )
 
 
 def remote_dir(sshd: Any, record: dict[str, Any]) -> Path:
@@ -69,19 +87,7 @@ def test_remote_submit_run_sync_and_table(remote_repo, sshd, runs_root, docker_c
 def test_one_connection_carries_many_docker_requests(sshd, docker_client):
     """Each Docker request is its own SSH channel; hundreds of them, each ending as the host
     closes it, must never make sshd drop the connection."""
-    from expman.backends.remote import connect
-    from expman.experiment.config import HostSettings
-
-    settings = HostSettings(
-        name="box",
-        user=sshd.user,
-        hostname="127.0.0.1",
-        port=sshd.port,
-        runs_root="~",
-        identity_file=str(sshd.identity_file),
-        known_hosts=str(sshd.known_hosts),
-    )
-    with connect(settings) as host:
+    with connect(host_settings(sshd)) as host:
         engine = host.docker({})
         for _ in range(100):
             engine.api.ping()
@@ -90,15 +96,48 @@ def test_one_connection_carries_many_docker_requests(sshd, docker_client):
         assert host.alive
 
 
-def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo, sshd, runs_root, capsys):
-    repo = remote_repo(job={"mode": "sleep", "seconds": 8})
-    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "expman", "submit", "-C", str(repo.path)], env=env, stderr=subprocess.PIPE
-    )
-    wait_for_status(runs_root, {"running"})
-    time.sleep(1.5)
-    sshd.kill_sessions()
+def test_an_answering_link_outlives_many_keepalive_deadlines(sshd):
+    """Each keepalive asks for a reply and gets one: an idle, healthy link stays open."""
+    with connect(host_settings(sshd), alive_timeout_s=1.5) as host:
+        time.sleep(4)  # several probes, each answered within its deadline
+        assert host.alive and host.sftp.listdir(".") is not None
+
+
+@pytest.mark.parametrize("value", ["soon", "0s"])
+def test_an_unusable_alive_timeout_is_refused(value):
+    with pytest.raises(errors.ConfigError, match="EXPMAN_SSH_ALIVE_TIMEOUT"):
+        alive_timeout_s({"EXPMAN_SSH_ALIVE_TIMEOUT": value})
+    assert alive_timeout_s({"EXPMAN_SSH_ALIVE_TIMEOUT": "2m"}) == 120 and alive_timeout_s({}) == 45
+
+
+@pytest.fixture
+def other_sshd(sshd):
+    """A second sshd listener, as another test run or engineer on this machine would have."""
+    workdir = Path(tempfile.mkdtemp(prefix="expman-sshd-"))
+    daemon = start_sshd(workdir)
+    yield daemon
+    daemon.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_killing_the_sessions_of_one_sshd_leaves_those_of_another(sshd, other_sshd):
+    """A test ends only the processes it started: the sessions of its own sshd listener."""
+    with connect(host_settings(sshd)) as mine, connect(host_settings(other_sshd)) as theirs:
+        other_sshd.kill_sessions()
+        with pytest.raises((OSError, EOFError, paramiko.SSHException)):
+            theirs.sftp.listdir(".")
+        assert mine.sftp.listdir(".") is not None and mine.alive
+
+
+def submit_in_child(repo: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "expman", "submit", "-C", str(repo.path)]
+    return subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+
+
+def assert_left_going_and_recovered(
+    proc: subprocess.Popen[bytes], runs_root: Path, env: dict[str, str], capsys
+) -> None:
+    """The submit ended as a lost connection; the run went on, and reconnecting brings it home."""
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == errors.ConnectionLostError.exit_code, stderr
     assert b"goes on there" in stderr
@@ -115,6 +154,32 @@ def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo
     assert json.loads((run / "output" / "results.json").read_text())["accuracy"] == 0.9
     assert main(["sync", run.name]) == 0
     assert "0 files" in capsys.readouterr().out  # nothing changed since
+
+
+def test_dropped_connection_leaves_the_run_going_and_status_recovers(remote_repo, sshd, runs_root, capsys):
+    repo = remote_repo(job={"mode": "sleep", "seconds": 8})
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
+    proc = submit_in_child(repo, env)
+    wait_for_status(runs_root, {"running"})
+    time.sleep(1.5)
+    sshd.kill_sessions()
+    assert_left_going_and_recovered(proc, runs_root, env, capsys)
+
+
+def test_silent_link_is_declared_lost_and_the_run_recovers(remote_repo, sshd, runs_root, capsys):
+    """The peer gone without closing: its sshd sessions stopped, the TCP connection still
+    open. Keepalives that get no reply within the deadline end the follow as a closed link."""
+    repo = remote_repo(job={"mode": "sleep", "seconds": 20})
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root), "EXPMAN_SSH_ALIVE_TIMEOUT": "5s"}
+    proc = submit_in_child(repo, env)
+    wait_for_status(runs_root, {"running"})
+    frozen = sshd.freeze_sessions()
+    try:
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        kill_pids(frozen)
+    assert_left_going_and_recovered(proc, runs_root, env, capsys)
 
 
 def test_detached_remote_run_status_sync_and_cancel(remote_repo, sshd, runs_root, capsys):

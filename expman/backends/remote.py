@@ -4,7 +4,8 @@ directory's files) and the Docker API (``docker system dial-stdio`` on the host)
 Nothing but sshd and Docker is needed on the host. Host keys are checked against
 known_hosts and never added; values reach the host only through SFTP and the Docker API.
 The one remote command is the fixed ``docker [-H URL] system dial-stdio``, its URL checked
-by the config schema and quoted.
+by the config schema and quoted. A link that stops answering is closed (``_LinkWatchdog``),
+so nothing waits on a peer that is gone.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from typing import Any
 import docker
 import paramiko
 
-from ..errors import HostKeyError, RemoteError
-from ..experiment.config import HostSettings
+from ..errors import ConfigError, ExpmanError, HostKeyError, RemoteError
+from ..experiment.config import HostSettings, parse_duration
 from .engine import connect as connect_docker
 
 CONNECT_TIMEOUT_S = 15.0
-KEEPALIVE_S = 15
+ALIVE_TIMEOUT_S = 45.0
+ALIVE_TIMEOUT_VARIABLE = "EXPMAN_SSH_ALIVE_TIMEOUT"
+# OpenSSH answers this request even though it refuses it; its ServerAliveInterval relies on that.
+_KEEPALIVE_REQUEST = "keepalive@openssh.com"
 _CHUNK = 65536
 
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -49,12 +53,59 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
         )
 
 
+def alive_timeout_s(environ: Mapping[str, str]) -> float:
+    """How long a link may leave a keepalive unanswered before it is declared lost:
+    EXPMAN_SSH_ALIVE_TIMEOUT (a duration: "45s", "2m"), else 45 s."""
+    value = environ.get(ALIVE_TIMEOUT_VARIABLE)
+    if value is None:
+        return ALIVE_TIMEOUT_S
+    seconds = parse_duration(value, ALIVE_TIMEOUT_VARIABLE)
+    if seconds <= 0:
+        raise ConfigError(f'{ALIVE_TIMEOUT_VARIABLE}: {value!r} is no time to wait; write e.g. "45s", or unset it')
+    return seconds
+
+
+class _LinkWatchdog:
+    """Closes the transport of a link that stops answering, so that every channel ends as
+    for a closed link. paramiko's own keepalive wants no reply, so it never notices a peer
+    gone without closing (a dropped route, a suspended host) and reads wait forever. This
+    asks for a reply every third of the timeout and gives it the rest of the timeout."""
+
+    def __init__(self, transport: paramiko.Transport, timeout_s: float) -> None:
+        self._transport = transport
+        self._interval_s = timeout_s / 3
+        self._reply_s = timeout_s - self._interval_s
+        self._stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._interval_s) and self._transport.is_active():
+            self._ask()
+
+    def _ask(self) -> None:
+        """``global_request(wait=True)`` has no timeout, but it returns once the transport is
+        inactive (its wait polls ``active``), so a timer that closes the transport bounds it."""
+        deadline = threading.Timer(self._reply_s, self._transport.close)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            self._transport.global_request(_KEEPALIVE_REQUEST, wait=True)
+        except (paramiko.SSHException, OSError, EOFError):
+            pass  # the transport ended meanwhile; _watch sees that
+        finally:
+            deadline.cancel()
+
+
 class RemoteHost:
     """A connected host; close() (or a with block) ends the connection and the Docker tunnel."""
 
-    def __init__(self, settings: HostSettings, client: paramiko.SSHClient) -> None:
+    def __init__(self, settings: HostSettings, client: paramiko.SSHClient, watchdog: _LinkWatchdog) -> None:
         self.settings = settings
         self._client = client
+        self._watchdog = watchdog
         self.sftp = client.open_sftp()
         self.home = self.sftp.normalize(".")
         self._docker: docker.DockerClient | None = None
@@ -148,26 +199,60 @@ class RemoteHost:
             self._tunnel.close()
         self.sftp.close()
         self._client.close()
+        self._watchdog.stop()
 
 
-def connect(settings: HostSettings) -> RemoteHost:
-    """Log in with the host key checked; every failure is one clear line."""
+def connect(settings: HostSettings, alive_timeout_s: float = ALIVE_TIMEOUT_S) -> RemoteHost:
+    """Log in with the host key checked; every failure is one clear line. A link that leaves
+    a keepalive unanswered for ``alive_timeout_s`` is closed."""
+    client = _checking_client(settings)
+    _log_in(client, settings)
+    transport = client.get_transport()
+    assert transport is not None
+    watchdog = _LinkWatchdog(transport, alive_timeout_s)
+    try:
+        return RemoteHost(settings, client, watchdog)
+    except (paramiko.SSHException, OSError) as exc:
+        client.close()
+        watchdog.stop()
+        raise RemoteError(
+            f"{_where(settings)} accepted the login but SFTP failed ({exc}); enable its sftp subsystem"
+        ) from None
+
+
+def _where(settings: HostSettings) -> str:
+    return f"{settings.name} ({settings.target})"
+
+
+def _checking_client(settings: HostSettings) -> paramiko.SSHClient:
+    """A client that checks host keys against known_hosts and never adds one."""
     known_hosts = Path(settings.known_hosts).expanduser()
-    where = f"{settings.name} ({settings.target})"
-    client = paramiko.SSHClient()
     if not known_hosts.is_file():
         raise HostKeyError(
-            f"no known_hosts file at {known_hosts}, so the key of {where} cannot be checked; "
+            f"no known_hosts file at {known_hosts}, so the key of {_where(settings)} cannot be checked; "
             f'add the host with ssh-keyscan or set "known_hosts" for it in expman.hosts'
         )
+    client = paramiko.SSHClient()
     try:
         client.load_host_keys(str(known_hosts))
     except OSError as exc:
         raise HostKeyError(f"cannot read {known_hosts}: {exc}; fix the file") from None
     client.set_missing_host_key_policy(_RefuseUnknownHost(settings, known_hosts))
-    identity = str(Path(settings.identity_file).expanduser()) if settings.identity_file else None
-    if identity is not None and not Path(identity).is_file():
+    return client
+
+
+def _identity_file(settings: HostSettings) -> str | None:
+    """The configured private key, which must exist; None: the user's keys and agent."""
+    if not settings.identity_file:
+        return None
+    identity = str(Path(settings.identity_file).expanduser())
+    if not Path(identity).is_file():
         raise RemoteError(f'identity_file {identity} of host {settings.name} does not exist; fix "identity_file"')
+    return identity
+
+
+def _log_in(client: paramiko.SSHClient, settings: HostSettings) -> None:
+    identity = _identity_file(settings)
     try:
         client.connect(
             settings.hostname,
@@ -180,37 +265,32 @@ def connect(settings: HostSettings) -> RemoteHost:
             banner_timeout=CONNECT_TIMEOUT_S,
             auth_timeout=CONNECT_TIMEOUT_S,
         )
-    except HostKeyError:
+    except (HostKeyError, paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
-        raise
-    except paramiko.BadHostKeyException as exc:
-        client.close()
-        raise HostKeyError(
+        raise _login_error(exc, settings, identity) from None
+
+
+def _login_error(exc: Exception, settings: HostSettings, identity: str | None) -> ExpmanError:
+    """What a failed login means, in one line."""
+    where, known_hosts = _where(settings), Path(settings.known_hosts).expanduser()
+    if isinstance(exc, HostKeyError):
+        return exc
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return HostKeyError(
             f"the host key of {where} does not match {known_hosts} (got {exc.key.get_name()} "
             f"{exc.key.fingerprint}); refusing to connect. If the host was reinstalled, check the new key "
             f"and replace its line: ssh-keygen -R '[{settings.hostname}]:{settings.port}' -f {known_hosts}"
-        ) from None
-    except paramiko.AuthenticationException:
-        client.close()
+        )
+    if isinstance(exc, paramiko.AuthenticationException):
         key = f"the key {identity}" if identity else "your keys and agent"
-        raise RemoteError(
+        return RemoteError(
             f"{where} refused the login as {settings.user or 'the current user'} with {key}; "
             f'check the user in "ssh" and that the public key is in the host\'s authorized_keys'
-        ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        reason = str(exc) or type(exc).__name__
-        raise RemoteError(
-            f"cannot reach {where}: {reason}; check that the host is up and sshd listens on port {settings.port}"
-        ) from None
-    transport = client.get_transport()
-    assert transport is not None
-    transport.set_keepalive(KEEPALIVE_S)
-    try:
-        return RemoteHost(settings, client)
-    except (paramiko.SSHException, OSError) as exc:
-        client.close()
-        raise RemoteError(f"{where} accepted the login but SFTP failed ({exc}); enable its sftp subsystem") from None
+        )
+    reason = str(exc) or type(exc).__name__
+    return RemoteError(
+        f"cannot reach {where}: {reason}; check that the host is up and sshd listens on port {settings.port}"
+    )
 
 
 class _DockerTunnel:

@@ -33,7 +33,7 @@ from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord, RunStatus
 from .base import Execution, Stopping
 from .local import ContainerExecution, LocalBackend, container_spec, engine_time, stop_container
-from .remote import RemoteHost, connect
+from .remote import RemoteHost, alive_timeout_s, connect
 
 if TYPE_CHECKING:
     from ..experiment.plan import Plan
@@ -71,7 +71,7 @@ class SSHBackend(LocalBackend):
         if self._remote is None or not self._remote.alive or _link(self._remote.settings) != _link(settings):
             if self._remote is not None:
                 self._remote.close()
-            self._remote, self._client = connect(settings), None
+            self._remote, self._client = connect(settings, alive_timeout_s(self.environ)), None
         return self._remote
 
     @property
