@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from expman import errors
 from expman.cli import main
 
-from .conftest import Repo, clean_git_env
+from .conftest import Repo, clean_git_env, require
 
 
 def submit(repo: Repo, *args: str) -> int:
@@ -170,3 +173,34 @@ def test_refusal_exit_codes_are_distinct():
     ]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes)
+
+
+@pytest.fixture(scope="session")
+def other_user() -> pwd.struct_passwd:
+    """A real user other than the one running the tests, to own a repository."""
+    require(os.getuid() == 0, "root (to create a user and chown a repository to it)")
+    name = "expman-repo-owner"
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", name], check=True)
+    return pwd.getpwnam(name)
+
+
+def test_repository_of_another_user_names_gits_ownership_check(
+    make_repo, runs_root, capsys, other_user, tmp_path, monkeypatch
+):
+    repo = make_repo()
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "global gitconfig"))
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    subprocess.run(["chown", "-R", f"{other_user.pw_uid}:{other_user.pw_gid}", str(repo.path)], check=True)
+    err = assert_refused(
+        capsys,
+        runs_root,
+        submit(repo),
+        errors.NotARepositoryError,
+        "dubious ownership",
+        other_user.pw_name,
+        "git config --global --add safe.directory",
+    )
+    fix = err[err.index("git config --global") :]
+    subprocess.run(shlex.split(fix), check=True)
+    assert submit(repo) == 0

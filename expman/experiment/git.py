@@ -8,6 +8,9 @@ repository (GIT_DIR, GIT_WORK_TREE, GIT_INDEX_FILE, ...).
 from __future__ import annotations
 
 import os
+import pwd
+import re
+import shlex
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +43,8 @@ _REDIRECTING_VARIABLES = (
 _LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 _LFS_POINTER_MAX_BYTES = 1024
 _MAX_LISTED_PATHS = 10
+# git's refusal of a repository owned by another user; the path is what safe.directory needs.
+_DUBIOUS_OWNERSHIP = re.compile(r"detected dubious ownership in repository at '(.*?)'\n", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,10 @@ def find_repository(path: Path) -> Path:
     """The top of the work tree containing ``path``."""
     proc = run_git(path, "rev-parse", "--show-toplevel", check=False)
     if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no detail"]
+        stderr = proc.stderr.decode(errors="replace")
+        if owned := _DUBIOUS_OWNERSHIP.search(stderr):
+            raise NotARepositoryError(_ownership_refusal(owned.group(1)))
+        detail = stderr.strip().splitlines()[-1:] or ["no detail"]
         raise NotARepositoryError(
             f"{path} is not inside a git work tree ({detail[0]}); run expman in your experiment repository"
         )
@@ -219,6 +227,25 @@ def _blobs_with_prefix(repo: Path, oids: list[str], prefix: bytes) -> list[str]:
             found.append(oid)
         pos = header_end + 1 + int(size) + 1
     return found
+
+
+def _ownership_refusal(top: str) -> str:
+    try:
+        owner = _user_name(os.stat(top).st_uid)
+    except OSError:
+        owner = "another user"
+    return (
+        f"{top} belongs to {owner}, not to you ({_user_name(os.geteuid())}), and git refuses to work in "
+        f'another user\'s repository (its "dubious ownership" check); if you trust it, run: '
+        f"git config --global --add safe.directory {shlex.quote(top)}"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _list_paths(paths: list[str]) -> str:
