@@ -12,6 +12,7 @@ import pytest
 
 from expman import errors
 from expman.cli import main
+from expman.experiment.plan import plan_submission
 
 from .conftest import Repo, clean_git_env, require
 
@@ -173,6 +174,83 @@ def test_refusal_exit_codes_are_distinct():
     ]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes)
+
+
+def test_export_ignore_is_refused_naming_the_paths(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit({"helpers.py": "x = 1\n", ".gitattributes": "helpers.py export-ignore\n"})
+    assert_refused(
+        capsys,
+        runs_root,
+        submit(repo),
+        errors.UnsupportedContentError,
+        "export-ignore",
+        "helpers.py",
+        "allow_export_attributes",
+    )
+
+
+def test_export_subst_is_refused_naming_the_paths(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit({"version.py": "COMMIT = '$Format:%H$'\n", ".gitattributes": "version.py export-subst\n"})
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "export-subst", "version.py")
+
+
+def test_export_attributes_at_any_depth_and_on_directories(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit(
+        {
+            "lib/deep/.gitattributes": "model.py export-ignore\n",
+            "lib/deep/model.py": "x = 1\n",
+            "lib/deep/other.py": "x = 2\n",
+            "vendor/dep.py": "x = 3\n",
+            ".gitattributes": "vendor/ export-ignore\n",
+        }
+    )
+    err = assert_refused(
+        capsys, runs_root, submit(repo), errors.UnsupportedContentError, "lib/deep/model.py", "vendor/"
+    )
+    assert "other.py" not in err and "dep.py" not in err
+
+
+def test_export_attributes_are_read_from_the_commit_not_the_work_tree(make_repo, runs_root, capsys):
+    repo = make_repo()
+    marked = repo.commit({"helpers.py": "x = 1\n", ".gitattributes": "helpers.py export-ignore\n"})
+    repo.git("rm", "-q", ".gitattributes")
+    repo.git("commit", "-q", "-m", "no attributes")
+    assert submit(repo) == 0
+    capsys.readouterr()
+    assert_refused(
+        capsys, runs_root, submit(repo, "--commit-hash", marked), errors.UnsupportedContentError, "helpers.py"
+    )
+
+
+def test_export_attributes_from_info_attributes_count_too(make_repo, runs_root, capsys):
+    """git archive also reads $GIT_DIR/info/attributes: what it would leave out is what counts."""
+    repo = make_repo()
+    (repo.path / ".git" / "info" / "attributes").write_text("job.py export-ignore\n")
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "job.py")
+
+
+def test_unset_and_unrelated_attributes_are_fine(make_repo, runs_root):
+    repo = make_repo()
+    repo.commit({".gitattributes": "*.py export-ignore\n*.py -export-ignore\n*.txt -text diff\n"})
+    assert submit(repo) == 0
+
+
+def test_allowed_export_attributes_are_carried_for_the_record(make_repo, runs_root):
+    repo = make_repo(expman={"allow_export_attributes": True})
+    repo.commit(
+        {
+            "helpers.py": "x = 1\n",
+            "version.py": "COMMIT = '$Format:%H$'\n",
+            ".gitattributes": "helpers.py export-ignore\nversion.py export-subst\n",
+        }
+    )
+    assert submit(repo) == 0
+    plan = plan_submission(repo.path, None, "process", {})
+    assert plan.export_attributes == {"export_ignore": ["helpers.py"], "export_subst": ["version.py"]}
+    assert plan_submission(make_repo().path, None, "process", {}).export_attributes is None
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import pwd
 import re
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,23 @@ _REDIRECTING_VARIABLES = (
 _LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
 _LFS_POINTER_MAX_BYTES = 1024
 _MAX_LISTED_PATHS = 10
+_EXPORT_ATTRIBUTES = ("export-ignore", "export-subst")
 # git's refusal of a repository owned by another user; the path is what safe.directory needs.
 _DUBIOUS_OWNERSHIP = re.compile(r"detected dubious ownership in repository at '(.*?)'\n", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of ``git ls-tree``: path (bytes, as git stores it), blob/tree/commit, size."""
+
+    path: bytes
+    kind: str
+    oid: str
+    size: int | None
+
+    @property
+    def name(self) -> str:
+        return self.path.decode(errors="replace")
 
 
 @dataclass(frozen=True)
@@ -63,11 +79,12 @@ def git_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_git(
-    repo: Path, *args: str, stdin: bytes | None = None, check: bool = True
+    repo: Path, *args: str, stdin: bytes | None = None, check: bool = True, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``git -C repo args...``; raise GitError with stderr when it fails and check is set."""
+    """Run ``git -C repo args...`` (``env`` added to the isolated environment); raise GitError
+    with stderr when it fails and check is set."""
     argv = ["git", "-C", str(repo), *args]
-    proc = subprocess.run(argv, input=stdin, capture_output=True, env=git_environment(os.environ))
+    proc = subprocess.run(argv, input=stdin, capture_output=True, env={**git_environment(os.environ), **(env or {})})
     if check and proc.returncode != 0:
         raise GitError(list(args), proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
@@ -168,27 +185,90 @@ def ensure_pushed(repo: Path, commit: str, branch: str, remote: str) -> None:
         )
 
 
-def ensure_plain_content(repo: Path, commit: str) -> None:
-    """Refuse submodules and Git LFS pointers: git archive would not contain their content."""
-    listing = run_git(repo, "ls-tree", "-r", "-z", "-l", "--full-tree", commit).stdout
-    small_blobs: dict[str, str] = {}
+def list_tree(repo: Path, commit: str) -> list[TreeEntry]:
+    """Every entry of ``commit``'s tree, directories included, in git's order (a directory
+    before what it holds)."""
+    listing = run_git(repo, "ls-tree", "-r", "-t", "-z", "-l", "--full-tree", commit).stdout
+    entries = []
     for entry in filter(None, listing.split(b"\0")):
-        meta, _, raw_path = entry.partition(b"\t")
-        mode, kind, oid, size = meta.decode().split()
-        path = raw_path.decode(errors="replace")
-        if kind == "commit":
+        meta, _, path = entry.partition(b"\t")
+        _, kind, oid, size = meta.decode().split()
+        entries.append(TreeEntry(path, kind, oid, None if size == "-" else int(size)))
+    return entries
+
+
+def ensure_plain_content(repo: Path, commit: str, entries: list[TreeEntry]) -> None:
+    """Refuse submodules and Git LFS pointers: git archive would not contain their content."""
+    small_blobs: dict[str, str] = {}
+    for entry in entries:
+        if entry.kind == "commit":
             raise UnsupportedContentError(
-                f"submodule {path!r} in commit {commit[:12]}: its code would not be archived; vendor it "
+                f"submodule {entry.name!r} in commit {commit[:12]}: its code would not be archived; vendor it "
                 f"into the repository or install it in the Dockerfile"
             )
-        if kind == "blob" and size != "-" and int(size) <= _LFS_POINTER_MAX_BYTES:
-            small_blobs[oid] = path
+        if entry.kind == "blob" and entry.size is not None and entry.size <= _LFS_POINTER_MAX_BYTES:
+            small_blobs[entry.oid] = entry.name
     lfs = [small_blobs[oid] for oid in _blobs_with_prefix(repo, list(small_blobs), _LFS_POINTER_PREFIX)]
     if lfs:
         raise UnsupportedContentError(
             f"Git LFS pointer files {_list_paths(sorted(lfs))} in commit {commit[:12]}: the archive would hold "
             f"pointers, not data; fetch that data in the Dockerfile or at run time instead of storing it in LFS"
         )
+
+
+def export_attributes(repo: Path, commit: str, entries: list[TreeEntry]) -> dict[str, list[str]] | None:
+    """The paths of ``commit`` that git archive leaves out (export-ignore) or rewrites
+    (export-subst), or None when there are none.
+
+    Attributes are read as git archive reads them: from an index of the commit's own tree
+    (its .gitattributes at every depth; ``check-attr --source`` needs git 2.40, and the work
+    tree may hold other ones), plus $GIT_DIR/info/attributes and the user's and system's
+    attribute files. git answers for every path, with its own pattern rules and macros,
+    which a re-implementation of them here could get wrong. Directories are asked with a
+    trailing slash, as git archive asks, so "vendor/ export-ignore" counts.
+    """
+    queries = [entry.path + b"/" if entry.kind == "tree" else entry.path for entry in entries]
+    with tempfile.TemporaryDirectory(prefix="expman-attributes-") as scratch:
+        index = {"GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        run_git(repo, "read-tree", commit, env=index)
+        answers = run_git(
+            repo,
+            "check-attr",
+            "--cached",
+            "-z",
+            "--stdin",
+            *_EXPORT_ATTRIBUTES,
+            stdin=b"".join(q + b"\0" for q in queries),
+            env=index,
+        ).stdout.split(b"\0")
+    marked = {(answers[i], answers[i + 1].decode()) for i in range(0, len(answers) - 2, 3) if answers[i + 2] == b"set"}
+    ignored: list[bytes] = []
+    substituted: list[bytes] = []
+    for query, entry in zip(queries, entries, strict=True):
+        if any(query.startswith(outer) for outer in ignored):
+            continue  # inside a left-out directory: git archive never looks at it
+        if (query, "export-ignore") in marked:
+            ignored.append(query)
+        elif entry.kind == "blob" and (query, "export-subst") in marked:
+            substituted.append(query)
+    if not ignored and not substituted:
+        return None
+    return {
+        "export_ignore": [p.decode(errors="replace") for p in ignored],
+        "export_subst": [p.decode(errors="replace") for p in substituted],
+    }
+
+
+def ensure_export_allowed(exported: dict[str, list[str]] | None, commit: str, allowed: bool) -> None:
+    """Refuse export attributes unless the configuration allows them."""
+    if exported is None or allowed:
+        return
+    changes = [f"{attribute.replace('_', '-')} {_list_paths(paths)}" for attribute, paths in exported.items() if paths]
+    raise UnsupportedContentError(
+        f"attributes in commit {commit[:12]} change what git archive exports ({'; '.join(changes)}): the run "
+        f'would not get the committed files; remove those attributes, or set "allow_export_attributes": true '
+        f"to run the code as git archive exports it (the paths are recorded)"
+    )
 
 
 def commit_info(repo: Path, commit: str) -> CommitInfo:

@@ -17,6 +17,7 @@ from .config import (
     CONFIG_FILE,
     PROJECT_SCHEMA_FILE,
     ExperimentConfig,
+    ExpmanSettings,
     HostSettings,
     SlurmSettings,
     load_config,
@@ -40,6 +41,8 @@ class Plan:
     combinations: list[Combination]
     host: HostSettings | None = None
     slurm: SlurmSettings = SlurmSettings()
+    # Paths git archive leaves out or rewrites, allowed by "allow_export_attributes"; for the record.
+    export_attributes: dict[str, list[str]] | None = None
 
 
 def plan_submission(
@@ -53,15 +56,12 @@ def plan_submission(
     """Run every git and configuration check; refuse (raise) before anything is written."""
     repo = git.find_repository(path)
     head_config = config_at(repo, "HEAD")
-    settings = head_config.settings
-    git.ensure_branch(repo, settings.branch, explicit_ref=ref is not None)
-    git.ensure_clean_tree(repo, settings.allow_untracked)
-    commit = git.resolve_commit(repo, ref or "HEAD")
-    git.ensure_reachable(repo, commit, settings.branch)
-    if settings.require_pushed:
-        git.ensure_pushed(repo, commit, settings.branch, settings.remote)
-    git.ensure_plain_content(repo, commit)
+    commit = checked_commit(repo, ref, head_config.settings)
+    entries = git.list_tree(repo, commit)
+    git.ensure_plain_content(repo, commit, entries)
     config = head_config if ref is None else config_at(repo, commit)
+    exported = git.export_attributes(repo, commit, entries)
+    git.ensure_export_allowed(exported, commit, config.settings.allow_export_attributes)
     config_bytes = git.read_file_at(repo, commit, CONFIG_FILE) or b""
     dockerfile = git.read_file_at(repo, commit, config.settings.dockerfile)
     backend = backend or config.settings.backend
@@ -79,7 +79,19 @@ def plan_submission(
         combinations=expand_sweep(config.document),
         host=config.settings.host_settings(host) if backend == "ssh" else None,
         slurm=slurm,
+        export_attributes=exported,
     )
+
+
+def checked_commit(repo: Path, ref: str | None, settings: ExpmanSettings) -> str:
+    """The commit to run, once the work tree, the branch and the remote allow it."""
+    git.ensure_branch(repo, settings.branch, explicit_ref=ref is not None)
+    git.ensure_clean_tree(repo, settings.allow_untracked)
+    commit = git.resolve_commit(repo, ref or "HEAD")
+    git.ensure_reachable(repo, commit, settings.branch)
+    if settings.require_pushed:
+        git.ensure_pushed(repo, commit, settings.branch, settings.remote)
+    return commit
 
 
 def config_at(repo: Path, commit: str) -> ExperimentConfig:
