@@ -6,12 +6,15 @@ import os
 import pwd
 import shlex
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from expman import errors
 from expman.cli import main
+from expman.experiment.archive import write_archive
+from expman.experiment.git import remote_url
 from expman.experiment.plan import plan_submission
 
 from .conftest import Repo, clean_git_env, require
@@ -151,6 +154,43 @@ def test_git_environment_cannot_redirect_to_another_repository(make_repo, runs_r
     monkeypatch.setenv("GIT_INDEX_FILE", str(other.path / ".git" / "index"))
     assert submit(repo) == 0
     assert repo.git("rev-parse", "HEAD") in capsys.readouterr().out
+
+
+def test_no_redirecting_variable_reaches_git(make_repo, runs_root, monkeypatch, capsys, tmp_path):
+    """Every variable that could point git (or GitPython) elsewhere, set at once: the checks,
+    the files read, the archive and the remote URL are still those of the repository given."""
+    repo = make_repo()
+    ours = repo.commit({"sub/module.py": "x = 1\n"}, "ours")
+    repo.git("remote", "add", "origin", "https://example.org/ours.git")
+    other = make_repo()
+    other.git("checkout", "-q", "-b", "master")
+    other.commit({"theirs.py": ""}, "theirs")
+    other.git("remote", "add", "origin", "https://example.org/theirs.git")
+    other.write({"dirty.py": "x"})
+    other_git = other.path / ".git"
+    redirect = {
+        "GIT_DIR": other_git,
+        "GIT_WORK_TREE": other.path,
+        "GIT_INDEX_FILE": other_git / "index",
+        "GIT_COMMON_DIR": other_git,
+        "GIT_OBJECT_DIRECTORY": other_git / "objects",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": other_git / "objects",
+        "GIT_NAMESPACE": "theirs",
+        "GIT_CEILING_DIRECTORIES": repo.path,
+        "GIT_DISCOVERY_ACROSS_FILESYSTEM": "0",
+    }
+    for name, value in redirect.items():
+        monkeypatch.setenv(name, str(value))
+    assert main(["submit", "--dry-run", "--backend", "process", "-C", str(repo.path / "sub")]) == 0
+    assert ours in capsys.readouterr().out
+    plan = plan_submission(repo.path / "sub", None, "process", {})
+    assert (plan.commit, plan.commit_info.subject) == (ours, "ours")
+    write_archive(repo.path, ours, tmp_path / "code.tar")
+    with tarfile.open(tmp_path / "code.tar") as tar:
+        names = tar.getnames()
+    assert "sub/module.py" in names and "theirs.py" not in names
+    assert remote_url(repo.path, "origin") == "https://example.org/ours.git"
+    assert {name: os.environ[name] for name in redirect} == {k: str(v) for k, v in redirect.items()}
 
 
 def test_not_a_repository(tmp_path, runs_root, capsys):
