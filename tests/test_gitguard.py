@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import pwd
+import shlex
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from expman import errors
 from expman.cli import main
+from expman.experiment.archive import write_archive
+from expman.experiment.git import remote_url
+from expman.experiment.plan import plan_submission
 
-from .conftest import Repo, clean_git_env
+from .conftest import Repo, clean_git_env, require
 
 
 def submit(repo: Repo, *args: str) -> int:
@@ -149,6 +157,43 @@ def test_git_environment_cannot_redirect_to_another_repository(make_repo, runs_r
     assert repo.git("rev-parse", "HEAD") in capsys.readouterr().out
 
 
+def test_no_redirecting_variable_reaches_git(make_repo, runs_root, monkeypatch, capsys, tmp_path):
+    """Every variable that could point git (or GitPython) elsewhere, set at once: the checks,
+    the files read, the archive and the remote URL are still those of the repository given."""
+    repo = make_repo()
+    ours = repo.commit({"sub/module.py": "x = 1\n"}, "ours")
+    repo.git("remote", "add", "origin", "https://example.org/ours.git")
+    other = make_repo()
+    other.git("checkout", "-q", "-b", "master")
+    other.commit({"theirs.py": ""}, "theirs")
+    other.git("remote", "add", "origin", "https://example.org/theirs.git")
+    other.write({"dirty.py": "x"})
+    other_git = other.path / ".git"
+    redirect = {
+        "GIT_DIR": other_git,
+        "GIT_WORK_TREE": other.path,
+        "GIT_INDEX_FILE": other_git / "index",
+        "GIT_COMMON_DIR": other_git,
+        "GIT_OBJECT_DIRECTORY": other_git / "objects",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES": other_git / "objects",
+        "GIT_NAMESPACE": "theirs",
+        "GIT_CEILING_DIRECTORIES": repo.path,
+        "GIT_DISCOVERY_ACROSS_FILESYSTEM": "0",
+    }
+    for name, value in redirect.items():
+        monkeypatch.setenv(name, str(value))
+    assert main(["submit", "--dry-run", "--backend", "process", "-C", str(repo.path / "sub")]) == 0
+    assert ours in capsys.readouterr().out
+    plan = plan_submission(repo.path / "sub", None, "process", {})
+    assert (plan.commit, plan.commit_info.subject) == (ours, "ours")
+    write_archive(repo.path, ours, tmp_path / "code.tar")
+    with tarfile.open(tmp_path / "code.tar") as tar:
+        names = tar.getnames()
+    assert "sub/module.py" in names and "theirs.py" not in names
+    assert remote_url(repo.path, "origin") == "https://example.org/ours.git"
+    assert {name: os.environ[name] for name in redirect} == {k: str(v) for k, v in redirect.items()}
+
+
 def test_not_a_repository(tmp_path, runs_root, capsys):
     code = main(["submit", "--dry-run", "-C", str(tmp_path)])
     assert code == errors.NotARepositoryError.exit_code
@@ -170,3 +215,114 @@ def test_refusal_exit_codes_are_distinct():
     ]
     codes = [c.exit_code for c in classes]
     assert len(set(codes)) == len(codes)
+
+
+def test_export_ignore_is_refused_naming_the_paths(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit({"helpers.py": "x = 1\n", ".gitattributes": "helpers.py export-ignore\n"})
+    assert_refused(
+        capsys,
+        runs_root,
+        submit(repo),
+        errors.UnsupportedContentError,
+        "export-ignore",
+        "helpers.py",
+        "allow_export_attributes",
+    )
+
+
+def test_export_subst_is_refused_naming_the_paths(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit({"version.py": "COMMIT = '$Format:%H$'\n", ".gitattributes": "version.py export-subst\n"})
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "export-subst", "version.py")
+
+
+def test_export_attributes_at_any_depth_and_on_directories(make_repo, runs_root, capsys):
+    repo = make_repo()
+    repo.commit(
+        {
+            "lib/deep/.gitattributes": "model.py export-ignore\n",
+            "lib/deep/model.py": "x = 1\n",
+            "lib/deep/other.py": "x = 2\n",
+            "vendor/dep.py": "x = 3\n",
+            ".gitattributes": "vendor/ export-ignore\n",
+        }
+    )
+    err = assert_refused(
+        capsys, runs_root, submit(repo), errors.UnsupportedContentError, "lib/deep/model.py", "vendor/"
+    )
+    assert "other.py" not in err and "dep.py" not in err
+
+
+def test_export_attributes_are_read_from_the_commit_not_the_work_tree(make_repo, runs_root, capsys):
+    repo = make_repo()
+    marked = repo.commit({"helpers.py": "x = 1\n", ".gitattributes": "helpers.py export-ignore\n"})
+    repo.git("rm", "-q", ".gitattributes")
+    repo.git("commit", "-q", "-m", "no attributes")
+    assert submit(repo) == 0
+    capsys.readouterr()
+    assert_refused(
+        capsys, runs_root, submit(repo, "--commit-hash", marked), errors.UnsupportedContentError, "helpers.py"
+    )
+
+
+def test_export_attributes_from_info_attributes_count_too(make_repo, runs_root, capsys):
+    """git archive also reads $GIT_DIR/info/attributes: what it would leave out is what counts."""
+    repo = make_repo()
+    (repo.path / ".git" / "info" / "attributes").write_text("job.py export-ignore\n")
+    assert_refused(capsys, runs_root, submit(repo), errors.UnsupportedContentError, "job.py")
+
+
+def test_unset_and_unrelated_attributes_are_fine(make_repo, runs_root):
+    repo = make_repo()
+    repo.commit({".gitattributes": "*.py export-ignore\n*.py -export-ignore\n*.txt -text diff\n"})
+    assert submit(repo) == 0
+
+
+def test_allowed_export_attributes_are_carried_for_the_record(make_repo, runs_root):
+    repo = make_repo(expman={"allow_export_attributes": True})
+    repo.commit(
+        {
+            "helpers.py": "x = 1\n",
+            "version.py": "COMMIT = '$Format:%H$'\n",
+            ".gitattributes": "helpers.py export-ignore\nversion.py export-subst\n",
+        }
+    )
+    assert submit(repo) == 0
+    plan = plan_submission(repo.path, None, "process", {})
+    assert plan.export_attributes == {"export_ignore": ["helpers.py"], "export_subst": ["version.py"]}
+    assert main(["submit", "--backend", "process", "-C", str(repo.path)]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    assert json.loads((run / "run.json").read_text())["git"]["export_attributes"] == plan.export_attributes
+    assert plan_submission(make_repo().path, None, "process", {}).export_attributes is None
+
+
+@pytest.fixture(scope="session")
+def other_user() -> pwd.struct_passwd:
+    """A real user other than the one running the tests, to own a repository."""
+    require(os.getuid() == 0, "root (to create a user and chown a repository to it)")
+    name = "expman-repo-owner"
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--no-create-home", name], check=True)
+    return pwd.getpwnam(name)
+
+
+def test_repository_of_another_user_names_gits_ownership_check(
+    make_repo, runs_root, capsys, other_user, tmp_path, monkeypatch
+):
+    repo = make_repo()
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(tmp_path / "global gitconfig"))
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    subprocess.run(["chown", "-R", f"{other_user.pw_uid}:{other_user.pw_gid}", str(repo.path)], check=True)
+    err = assert_refused(
+        capsys,
+        runs_root,
+        submit(repo),
+        errors.NotARepositoryError,
+        "dubious ownership",
+        other_user.pw_name,
+        "git config --global --add safe.directory",
+    )
+    fix = err[err.index("git config --global") :]
+    subprocess.run(shlex.split(fix), check=True)
+    assert submit(repo) == 0

@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import IO
 
 from ..errors import GitError, UnsafeArchiveError
-from .git import git_environment
+from .git import stream_archive
 
 CODE_DIR = "code"
 CONFIG_DIR = "expman"
@@ -26,12 +25,12 @@ SHARED_CODE_DIR = ".expman-code"
 
 def write_archive(repo: Path, commit: str, dest: Path) -> None:
     """``git archive`` ``commit`` into ``dest``."""
-    argv = ["git", "-C", str(repo), "archive", "--format=tar", commit]
-    with open(dest, "wb") as out:
-        proc = subprocess.run(argv, stdout=out, stderr=subprocess.PIPE, env=git_environment(os.environ))
-    if proc.returncode != 0:
+    try:
+        with open(dest, "wb") as out:
+            stream_archive(repo, commit, out)
+    except GitError:
         dest.unlink(missing_ok=True)
-        raise GitError(argv[3:], proc.returncode, proc.stderr.decode(errors="replace"))
+        raise
 
 
 def extract_archive(archive: Path, dest: Path) -> None:

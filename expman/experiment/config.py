@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "runs_root": None,
     "allow_untracked": False,
     "require_pushed": False,
+    "allow_export_attributes": False,
     "remote": "origin",
     "dockerfile": "Dockerfile",
     "image": None,
@@ -149,6 +150,7 @@ class ExpmanSettings:
     runs_root: str | None = None
     allow_untracked: bool = False
     require_pushed: bool = False
+    allow_export_attributes: bool = False
     remote: str = "origin"
     dockerfile: str = "Dockerfile"
     image: str | None = None

@@ -57,6 +57,9 @@ class GitInfo:
     commit_date: str
     remote_url: str | None
     repository: str
+    # Paths git archive left out or rewrote ("export_ignore", "export_subst"), when the
+    # configuration allowed such attributes; None when the commit has none.
+    export_attributes: dict[str, list[str]] | None = None
 
 
 @dataclass

@@ -159,6 +159,7 @@ def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> R
             commit_date=info.commit_date,
             remote_url=redactor.text(strip_url_credentials(url)) if url else None,
             repository=str(plan.repo),
+            export_attributes=plan.export_attributes,
         ),
         config_hash=plan.config.config_hash,
         command=list(plan.config.settings.command),
