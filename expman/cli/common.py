@@ -66,5 +66,10 @@ def open_queue_of(args: argparse.Namespace, root: Path) -> Queue:
     return open_queue(queue_url(args.queue, root, os.environ))
 
 
+def error_console() -> Console:
+    """stderr, never hard-wrapped: a message piped to a log stays one line whatever its length."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
 def warn(message: str) -> None:
-    Console(stderr=True, highlight=False).print(f"expman: warning: {message}", markup=False, style="yellow")
+    error_console().print(f"expman: warning: {message}", markup=False, style="yellow")
