@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/queue.py would shadow the standard library's queue module: the repository goes first instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+# The repository, for the tests' git helper.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import Repo  # noqa: E402
 

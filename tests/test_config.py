@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from expman.errors import ConfigError
+from expman.experiment import config as config_module
 from expman.experiment.config import load_config, parse_duration, parse_memory
 
 
@@ -83,3 +85,62 @@ def test_parse_patterns_are_checked_when_the_config_loads():
         load_config(json.dumps({"expman": {"command": ["x"], "parse": {"acc": "(@float@"}}}), "config.json")
     with pytest.raises(ConfigError, match="parse"):
         load_config(json.dumps({"expman": {"command": ["x"], "parse": {"acc": 3}}}), "config.json")
+
+
+def test_an_unknown_key_gets_a_suggestion_and_still_the_valid_keys():
+    with pytest.raises(ConfigError) as exc:
+        load({"command": ["x"], "resources": {"timout": "1h"}})
+    message = exc.value.message
+    assert "unknown key 'timout' (did you mean 'timeout'?)" in message and "gpus (default 0)" in message
+
+
+def _patterns(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
+
+
+def test_every_pattern_of_the_schema_has_a_human_message():
+    schema = json.loads((Path(config_module.__file__).parents[1] / "schema" / "expman.schema.json").read_text())
+    patterns = _patterns(schema)
+    assert len(patterns) >= 10
+    assert sorted(set(patterns) - set(config_module.PATTERN_MESSAGES)) == []
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"resources": {"timeout": "5 hours"}}, "expman.resources.timeout: '5 hours' is not a duration (examples: "),
+        ({"resources": {"timeout": True}}, "expman.resources.timeout: True is not a duration"),
+        ({"queue": {"lease": "2 minutes"}}, "expman.queue.lease: '2 minutes' is not a duration"),
+        ({"resources": {"memory": "lots"}}, "expman.resources.memory: 'lots' is not a memory size"),
+        ({"resources": {"memory": [4]}}, "expman.resources.memory: [4] is not a memory size"),
+        ({"slurm": {"time": "2 days"}}, "expman.slurm.time: '2 days' is not a Slurm time"),
+        ({"slurm": {"mem": "16GB"}}, "expman.slurm.mem: '16GB' is not a Slurm memory size"),
+        ({"slurm": {"signal": "usr1"}}, "expman.slurm.signal: 'usr1' is not a signal"),
+        ({"slurm": {"partition": "a b"}}, "expman.slurm.partition: 'a b' is not one word"),
+        ({"slurm": {"extra": {"Constraint": "x"}}}, "expman.slurm.extra: 'Constraint' is not an sbatch option name"),
+        ({"image": "My/Image"}, "expman.image: 'My/Image' is not a Docker image name"),
+        ({"hosts": {"-gpu": {"ssh": "a@b"}}}, "expman.hosts: '-gpu' is not a host name"),
+        ({"hosts": {"gpu": {"ssh": "a@b", "runs_root": "runs"}}}, "expman.hosts.gpu.runs_root: 'runs' is not an abs"),
+        ({"hosts": {"gpu": {"ssh": "a@b", "docker": "http://x"}}}, "expman.hosts.gpu.docker: 'http://x' is not a Dock"),
+        ({"sweep": {"a..b": [1]}}, "expman.sweep: 'a..b' is not a dotted config key"),
+    ],
+)
+def test_config_errors_speak_the_users_language(section, expected):
+    with pytest.raises(ConfigError) as exc:
+        load({"command": ["x"], **section})
+    message = exc.value.message
+    assert expected in message and "does not match" not in message and "^" not in message, message
+    assert "\n" not in message
+
+
+def test_the_duration_message_in_full():
+    with pytest.raises(ConfigError) as exc:
+        load({"command": ["x"], "resources": {"timeout": "5 hours"}})
+    assert exc.value.message.endswith(
+        "expman.resources.timeout: '5 hours' is not a duration (examples: 90s, 30m, 6h, 2d)"
+    )

@@ -3,7 +3,6 @@ metrics, scalars, damaged input, filters and the cache."""
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -12,9 +11,10 @@ import numpy as np
 import pytest
 
 from expman.errors import ConfigError, UsageError
-from expman.results import load_runs, load_scalars, read_results
+from expman.results import load_runs, load_scalars, read_results, read_run_scalars
 from expman.results import loader as loader_module
 from expman.results.cache import CACHE_DIR
+from expman.results.flatten import flatten_config, flatten_results
 from expman.results.loader import UNCACHED_BYTES
 
 from .results_helpers import make_run, scalars, write_events
@@ -200,5 +200,54 @@ def test_unknown_keep_mode_is_a_usage_error(runs_root):
 
 
 def test_no_runs_give_empty_frames(runs_root):
+    runs_root.mkdir()
     assert load_runs(runs_root).empty and load_scalars(runs_root).empty
-    json.dumps([])
+
+
+@pytest.mark.parametrize("load", [load_runs, load_scalars])
+def test_a_missing_runs_root_is_a_usage_error_naming_it(runs_root, load):
+    with pytest.raises(UsageError) as exc:
+        load(runs_root)
+    assert str(runs_root) in exc.value.message and "\n" not in exc.value.message
+
+
+def test_the_public_api_takes_str_paths_too(runs_root):
+    run = make_run(runs_root, CONFIG, {"eval": {"scores": [1, 2]}})
+    write_events(run / "output", scalars("x", range(10)))
+    assert read_results(str(run / "output" / "results.json")).values["eval.scores.n"] == 2
+    assert read_run_scalars(str(run / "output")).keys == ["x"]
+    assert load_runs(str(runs_root))["tb:x:last"].tolist() == [4.5]
+    assert len(load_scalars(str(runs_root))) == 10
+
+
+def deep_json(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+# orjson reads all JSON but NaN and Infinity; a NaN before the deep part sends the file to the stdlib parser
+@pytest.mark.parametrize("before", ["", '"nan": NaN, '], ids=["orjson", "stdlib json"])
+def test_results_nested_deeper_than_the_recursion_limit_flag_only_that_run(runs_root, before):
+    make_run(runs_root, CONFIG, {"score": 1})
+    make_run(runs_root, CONFIG, '{"score": 2, ' + before + '"deep": ' + deep_json(100_000) + "}")
+    make_run(runs_root, CONFIG, {"score": 3})
+    frame = load_runs(runs_root)
+    assert frame["results.score"].tolist()[::2] == [1, 3] and frame["partial"].tolist() == [False, True, False]
+    assert "results.json: nested deeper than" in frame["problems"][1]
+
+
+def test_flattening_has_no_depth_limit(runs_root):
+    run = make_run(runs_root, CONFIG, deep_json(1020))  # orjson reads 1,024 levels; flattening must not recurse
+    assert read_results(run / "output" / "results.json").values == {".".join(["a"] * 1020): 1}
+    node: dict = {"leaf": [1, 2]}
+    for _ in range(100_000):
+        node = {"a": node}
+    flat = flatten_config(node)
+    assert list(flat.values()) == ["[1,2]"] and next(iter(flat)).endswith("a.a.leaf")
+    assert flatten_results(node).values[".".join(["a"] * 100_000) + ".leaf.n"] == 2
+
+
+def test_a_deep_config_flags_nothing_and_keeps_the_others(runs_root):
+    deep = make_run(runs_root, CONFIG, {"score": 2})
+    (deep / "config.json").write_text(deep_json(100_000))
+    make_run(runs_root, CONFIG, {"score": 3})
+    assert load_runs(runs_root)["results.score"].tolist() == [2, 3]

@@ -1,35 +1,80 @@
 """The command line: ``main`` builds the parser from each command group's module and is the
-only place that turns errors into messages and exit codes (``--debug`` shows the traceback)."""
+only place that turns errors into messages and exit codes (``--debug`` shows the traceback
+of an error that is not a usage error)."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from .. import __version__
 from ..errors import ExpmanError, RunCancelledError, UsageError
-from . import queue, runs, submit, table
+from . import completion, logs, queue, runs, show, submit, table
+from .common import error_console
 
 _PIPE_WIDTH = 200
-COMMAND_GROUPS = (submit, queue, runs, table)
+COMMAND_GROUPS = (submit, queue, runs, show, logs, table, completion)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would exit; we raise like every other error
+    """argparse, raising like every other error, and naming the near miss of an unknown
+    command, option or choice (argparse 3.11 suggests nothing)."""
+
+    def error(self, message: str) -> Any:
         raise UsageError(f"{message}; see '{self.prog} --help'")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices], n=1)
+            if close:
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r} (did you mean {close[0]!r}?)")
+        super()._check_value(action, value)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            used = _command_parser(self, parsed)
+            options = [o for action in used._actions for o in action.option_strings]
+            flags = [e.partition("=")[0] for e in extras if e.startswith("-")]
+            close = difflib.get_close_matches(flags[0], options, n=1) if flags else []
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unrecognized arguments: {' '.join(extras)}{hint}; see '{used.prog} --help'")
+        return parsed
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command ``args`` ran (the top one when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, "command", None):
+            return action.choices[args.command]  # type: ignore[no-any-return]
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="expman", description="Reproducible ML experiments from committed code.")
     parser.add_argument("--version", action="version", version=f"expman {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument(
+        "-C",
+        dest="directory",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="run as if expman was started in PATH (as git -C; repeated, each is relative to the one before)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for group in COMMAND_GROUPS:
         group.add_parsers(commands)
+    parser.set_defaults(root_parser=parser)
     return parser
 
 
@@ -37,17 +82,41 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Piped output keeps whole lines (run ids, hashes) instead of rich's 80-column default.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
-    errors = Console(stderr=True, highlight=False)
+    errors = error_console()
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            sys.stdout.write(parser.format_help())
+            return UsageError.exit_code
         args.argv = argv
-        return int(args.handler(args, console))
+        with _working_directory(args.directory):
+            return int(args.handler(args, console))
     except ExpmanError as exc:
-        if debug:
+        if debug and not isinstance(exc, UsageError):
             traceback.print_exc()
-        errors.print(f"expman: error: {exc.message}", markup=False, soft_wrap=True, style="red")
+        errors.print(f"expman: error: {exc.message}", markup=False, style="red")
         return exc.exit_code
     except KeyboardInterrupt:
         errors.print("expman: interrupted", style="red")
         return RunCancelledError.exit_code
+
+
+@contextmanager
+def _working_directory(directories: list[Path] | None) -> Iterator[None]:
+    """Inside the directory ``-C`` names, given back afterwards (tests run many commands in
+    one process)."""
+    if not directories:
+        yield
+        return
+    before = os.getcwd()
+    target = Path(*directories)
+    try:
+        os.chdir(target)
+    except OSError as exc:
+        raise UsageError(f"-C {target}: cannot change into it ({exc.strerror}); name an existing directory") from None
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -11,6 +11,7 @@ import statistics
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,12 +25,21 @@ from ..experiment.sweep import expand_sweep
 from ..progress import Reporter
 from ..queue import JobState, SweepSummary, WorkerInfo, open_queue, queue_url
 from ..rundir.layout import utc_now
-from .common import Commands, add_queue, add_repo, add_runs_root, open_queue_of, runs_root
+from .common import Commands, add_queue, add_repo, add_runs_root, emit_json, error_console, open_queue_of, runs_root
+
+if TYPE_CHECKING:
+    from ..experiment.config import ExperimentConfig
+
+_SWEEP_ROWS = 20
 
 
 def add_parsers(commands: Commands) -> None:
     p = commands.add_parser("sweep", help="show the combinations of the sweep in config.json")
-    p.add_argument("--show", action="store_true", help="print every combination and their count (the default)")
+    p.add_argument(
+        "--show",
+        action="store_true",
+        help=f"print the count and the first {_SWEEP_ROWS} combinations (the default; --format json for all)",
+    )
     p.add_argument("--commit-hash", metavar="REF", help="read config.json at this commit (default: the work tree)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     add_repo(p)
@@ -68,36 +78,39 @@ def add_parsers(commands: Commands) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from ..experiment.plan import config_at
-
-    repo = find_repository(args.repo)
-    if args.commit_hash:
-        config = config_at(repo, args.commit_hash)
-        source = f"config.json at {args.commit_hash}"
-    else:
-        from ..experiment.config import load_config
-
-        try:
-            text = (repo / "config.json").read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"cannot read {repo / 'config.json'}: {exc.strerror}") from None
-        config = load_config(text, "config.json (work tree)", _read_optional(repo / "config.schema.json"))
-        source = "config.json in the work tree"
+    config, source = _sweep_config(args.repo, args.commit_hash)
     combinations = expand_sweep(config.document)
     if args.format == "json":
-        rows = [{"index": c.index, "repeat": c.repeat, "values": c.values} for c in combinations]
-        console.print_json(json.dumps(rows))
+        emit_json([{"index": c.index, "repeat": c.repeat, "values": c.values} for c in combinations])
         return 0
+    console.print(f"{len(combinations):,} combinations ({source})", markup=False, soft_wrap=True)
     keys = list(combinations[0].values)
-    table = Table(title=f"{len(combinations)} combinations ({source})")
+    table = Table()
     for name in ("#", *keys, *(["repeat"] if combinations[0].repeats > 1 else [])):
         table.add_column(name, justify="right" if name in ("#", "repeat") else "left")
-    for c in combinations:
+    for c in combinations[:_SWEEP_ROWS]:
         repeat = [str(c.repeat)] if c.repeats > 1 else []
         table.add_row(str(c.index), *(escape(json.dumps(c.values[k])) for k in keys), *repeat)
     console.print(table)
-    console.print(f"{len(combinations)} combinations", markup=False)
+    if len(combinations) > _SWEEP_ROWS:
+        console.print(f"… and {len(combinations) - _SWEEP_ROWS:,} more; --format json for all", markup=False)
     return 0
+
+
+def _sweep_config(path: Path, ref: str | None) -> tuple[ExperimentConfig, str]:
+    """config.json at ``ref``, else the work tree's (a sweep can be looked at before its commit)."""
+    from ..experiment.config import load_config
+    from ..experiment.plan import config_at
+
+    repo = find_repository(path)
+    if ref:
+        return config_at(repo, ref), f"config.json at {ref}"
+    try:
+        text = (repo / "config.json").read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {repo / 'config.json'}: {exc.strerror}") from None
+    config = load_config(text, "config.json (work tree)", _read_optional(repo / "config.schema.json"))
+    return config, "config.json in the work tree"
 
 
 def _read_optional(path: Path) -> bytes | None:
@@ -115,7 +128,7 @@ def cmd_schedule(args: argparse.Namespace, console: Console) -> int:
     plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host)
     queue = open_queue_of(args, plan.runs_root)
     try:
-        result = schedule(plan, queue, environ, Reporter(), ["expman", *args.argv])
+        result = schedule(plan, queue, environ, Reporter(error_console()), ["expman", *args.argv])
     finally:
         queue.close()
     what = f"sweep {result.sweep_id}: " if result.sweep_id else ""
@@ -150,7 +163,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     if exists and args.sweep:
         sweeps = [_named_sweep(sweeps, args.sweep, queue.shown)]
     if args.format == "json":
-        console.print_json(json.dumps(_status_payload(queue.shown, exists, sweeps, workers)))
+        emit_json(_status_payload(queue.shown, exists, sweeps, workers))
     elif not exists:
         console.print(f"{queue.shown}: no queue yet ('expman schedule' makes it)", markup=False, soft_wrap=True)
     elif not sweeps:

@@ -1,25 +1,33 @@
-"""Looking at and controlling runs: ``runs``, ``show``, ``logs``, ``sync`` and ``cancel``."""
+"""Listing and controlling runs: ``runs``, ``sync`` and ``cancel``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
+from rich import box
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..backends import control
 from ..errors import UsageError
 from ..queue import open_queue
 from ..rundir.layout import RunDir, find_run, list_runs
 from ..rundir.record import RunRecord, RunStatus, load_record
-from .common import Commands, add_offline, add_queue, add_runs_root, open_queue_of, runs_root, warn
+from .common import (
+    Commands,
+    add_offline,
+    add_queue,
+    add_runs_root,
+    add_where,
+    emit_json,
+    open_queue_of,
+    runs_root,
+    scalar_stats_named,
+    warn,
+)
 
 _STATUS_STYLE = {
     RunStatus.QUEUED: "cyan",
@@ -29,7 +37,10 @@ _STATUS_STYLE = {
     RunStatus.CANCELLED: "magenta",
     RunStatus.LOST: "red",
 }
-_FOLLOW_POLL_S = 0.25
+_COLUMNS = ("id", "status", "commit", "subject", "backend", "host", "started", "duration")
+_GIVE_WAY = ("host", "backend", "duration")
+_SUBJECT_MIN_WIDTH = 24
+_TABLE_LINES = 6  # header (3 lines), bottom, the note on more runs, the shell's prompt
 
 
 def add_parsers(commands: Commands) -> None:
@@ -38,27 +49,15 @@ def add_parsers(commands: Commands) -> None:
     add_offline(p)
     p.add_argument("--status", choices=list(RunStatus), action="append", help="only runs with this status (repeatable)")
     p.add_argument("--commit", help="only runs of commits starting with this")
+    add_where(p)
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="the newest N runs (0: all; default: a screenful on a terminal, all when piped or with --format json)",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(handler=cmd_runs)
-
-    p = commands.add_parser("show", help="show one run's record")
-    add_runs_root(p)
-    add_offline(p)
-    p.add_argument("run", nargs="?", help="run id or unique prefix (default: the newest run)")
-    p.add_argument(
-        "--format",
-        choices=("table", "json", "path"),
-        default="table",
-        help="path prints the run directory, for scripts",
-    )
-    p.set_defaults(handler=cmd_show)
-
-    p = commands.add_parser("logs", help="print a run's logs")
-    add_runs_root(p)
-    p.add_argument("run", help="run id or unique prefix")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
-    p.add_argument("--stream", choices=("all", "stdout", "stderr", "build"), default="all")
-    p.set_defaults(handler=cmd_logs)
 
     p = commands.add_parser("sync", help="copy ssh runs (record, logs, outputs) into the local runs_root")
     add_runs_root(p)
@@ -73,7 +72,7 @@ def add_parsers(commands: Commands) -> None:
     p.set_defaults(handler=cmd_cancel)
 
 
-def _records(args: argparse.Namespace, runs: list[RunDir]) -> list[RunRecord]:
+def records_of(args: argparse.Namespace, runs: list[RunDir]) -> list[RunRecord]:
     """Records of ``runs``; unless --offline, those not final are refreshed from where they run."""
     if args.offline:
         return [load_record(r) for r in runs]
@@ -84,78 +83,77 @@ def _records(args: argparse.Namespace, runs: list[RunDir]) -> list[RunRecord]:
 
 
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:
-    records = _records(args, list_runs(runs_root(args)))
+    root = runs_root(args)
+    records = records_of(args, list_runs(root))
     if args.status:
         records = [r for r in records if r.status in args.status]
     if args.commit:
         records = [r for r in records if r.git.commit.startswith(args.commit)]
+    if args.where and records:
+        wanted = _matching(root, args.where)
+        records = [r for r in records if r.run_id in wanted]
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: give a number of runs, or 0 for all")
     if args.format == "json":
-        console.print_json(json.dumps([r.to_dict() for r in records]))
+        emit_json([r.to_dict() for r in (records[: args.limit] if args.limit else records)])
         return 0
-    table = Table()
-    for name in ("id", "status", "commit", "subject", "backend", "host", "started", "duration"):
-        table.add_column(name, no_wrap=name != "subject", overflow="ellipsis")
-    for r in records:
-        table.add_row(
-            r.run_id,
-            f"[{_STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
-            r.git.commit[:10],
-            escape(r.git.subject[:50]),
-            r.backend,
-            r.host or "",
-            (r.started_at or "")[:19].replace("T", " "),
-            duration(r.duration_s),
-        )
-    console.print(table)
+    limit = args.limit if args.limit is not None else _screenful(console)
+    shown = records[:limit] if limit else records
+    console.print(_runs_table(shown, console.width))
+    if len(shown) < len(records):
+        console.print(f"… and {len(records) - len(shown)} more; --limit N shows N, --limit 0 all", markup=False)
     return 0
 
 
-def cmd_show(args: argparse.Namespace, console: Console) -> int:
-    run = find_run(runs_root(args), args.run)
-    if args.format == "path":
-        console.print(str(run.path), markup=False, soft_wrap=True)
-        return 0
-    (record,) = _records(args, [run])
-    if args.format == "json":
-        console.print_json(run.record.read_text())
-        return 0
-    table = Table(show_header=False, box=None)
-    for key, value in _summary(record, run).items():
-        table.add_row(f"[bold]{key}[/]", escape(str(value)))
-    console.print(table)
-    return 0
+def _matching(root: Path, where: list[str]) -> set[str]:
+    """Ids of the runs whose config, results or record meet every condition, as in ``table``."""
+    from ..results.loader import load_runs  # pandas only when --where asks for it
+
+    frame = load_runs(root, where=where, scalar_stats=scalar_stats_named(where))
+    return set(frame["run_id"])
 
 
-def cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    run = find_run(runs_root(args), args.run)
-    record = load_record(run)
-    if record.remote is not None and not record.remote.get("synced_at"):  # ended or not, fetch it first
-        if args.follow and control.follow(run, os.environ):  # streams as it arrives, then syncs
-            return 0
-        control.sync(run, os.environ)  # the logs so far (all of them, if it has ended)
-    streams = {"stdout": [run.stdout_log], "stderr": [run.stderr_log], "build": [run.build_log]}
-    paths = streams.get(args.stream) or [run.stdout_log, run.stderr_log]
-    targets = {run.stdout_log: sys.stdout.buffer, run.build_log: sys.stdout.buffer, run.stderr_log: sys.stderr.buffer}
-    offsets = {p: 0 for p in paths}
-    while True:
-        final = load_record(run).final
-        for path in paths:
-            offsets[path] = _copy_new_bytes(path, offsets[path], targets[path])
-        if not args.follow or final:
-            return 0
-        time.sleep(_FOLLOW_POLL_S)
+def _screenful(console: Console) -> int:
+    """On a terminal, as many rows as fit with the header and the note below; all when piped."""
+    return max(console.height - _TABLE_LINES, 5) if console.is_terminal else 0
 
 
-def _copy_new_bytes(path: Path, offset: int, target: Any) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return offset
-    target.write(data)
-    target.flush()
-    return offset + len(data)
+def _runs_table(records: list[RunRecord], width: int) -> Table:
+    """The runs, one per line. Where the console is narrow, host, backend and duration give
+    way, in that order, so that the subject keeps room to be read."""
+    rows = [_run_row(r) for r in records]
+    names = list(_COLUMNS)
+    widths = {name: max([len(name), *(len(row[name]) for row in rows)]) for name in names}
+    for name in _GIVE_WAY:
+        if width - _taken(names, widths) >= _SUBJECT_MIN_WIDTH:
+            break
+        names.remove(name)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for name in names:
+        room = max(width - _taken(names, widths), _SUBJECT_MIN_WIDTH) if name == "subject" else None
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=room)
+    for record, row in zip(records, rows, strict=True):
+        style = _STATUS_STYLE.get(record.status, "")
+        table.add_row(*(Text(row[n], style=style if n == "status" else "") for n in names))
+    return table
+
+
+def _taken(names: list[str], widths: dict[str, int]) -> int:
+    """Columns' width besides the subject's, with two spaces between columns and one after."""
+    return sum(widths[n] for n in names if n != "subject") + 2 * len(names) - 1
+
+
+def _run_row(r: RunRecord) -> dict[str, str]:
+    return {
+        "id": r.run_id,
+        "status": str(r.status),
+        "commit": r.git.commit[:7],
+        "subject": r.git.subject,
+        "backend": r.backend,
+        "host": r.host or "",
+        "started": (r.started_at or "")[:16].replace("T", " "),
+        "duration": duration(r.duration_s),
+    }
 
 
 def cmd_sync(args: argparse.Namespace, console: Console) -> int:
@@ -218,40 +216,6 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
                 f"{run.run_id} {record.status}" + (f" ({record.reason})" if record.reason else ""), markup=False
             )
     return 0
-
-
-def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
-    return {
-        "run": record.run_id,
-        "status": f"{record.status}" + (f" ({record.reason})" if record.reason else ""),
-        "commit": f"{record.git.commit} {record.git.subject}",
-        "branch": record.git.branch,
-        "author": f"{record.git.author} <{record.git.author_email}> {record.git.commit_date}",
-        "remote": record.git.remote_url or "",
-        "command": " ".join(record.command),
-        "backend": record.backend,
-        "host": record.host or "",
-        "image": f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip(),
-        "container": record.container_id or "",
-        **({"slurm job": record.job_id} if record.job_id else {}),
-        **({"remote": f"{record.remote.get('name')}:{record.remote.get('path')}"} if record.remote else {}),
-        **({"synced": record.remote.get("synced_at") or "not yet"} if record.remote else {}),
-        **(
-            {"sweep": f"{record.sweep['index'] + 1}/{record.sweep['count']} {record.sweep['label']}"}
-            if record.sweep
-            else {}
-        ),
-        **({"attempts": len(record.attempts)} if len(record.attempts) > 1 else {}),
-        "queued": record.queued_at,
-        "started": record.started_at or "",
-        "ended": record.ended_at or "",
-        "duration": duration(record.duration_s),
-        "exit code": "" if record.exit_code is None else record.exit_code,
-        "oom killed": "" if record.oom_killed is None else record.oom_killed,
-        "peak memory": size(record.peak_memory_bytes),
-        "directory": run.path,
-        **({"warnings": "; ".join(record.warnings)} if record.warnings else {}),
-    }
 
 
 def duration(seconds: float | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from ..errors import RunCancelledError, RunFailedError
 from ..experiment.plan import plan_submission
 from ..progress import Reporter
 from ..rundir.record import RunRecord, RunStatus
-from .common import Commands, add_repo
+from .common import Commands, add_repo, emit_json, error_console
 
 
 def add_parsers(commands: Commands) -> None:
@@ -49,9 +48,9 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         backend = make_backend(plan.backend, environ)
         backend.check(plan)
-        console.print_json(json.dumps(describe_plan(plan, backend)))
+        emit_json(describe_plan(plan, backend))
         return 0
-    records = submit(plan, environ, Reporter(), ["expman", *args.argv], detach=args.detach)
+    records = submit(plan, environ, Reporter(error_console()), ["expman", *args.argv], detach=args.detach)
     for record in records:
         _report(console, record, plan.runs_root / record.run_id, followed=not args.detach and not record.job_id)
     if len(records) > 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from ..errors import UsageError
 from ..progress import Reporter
 from ..results.options import AGGREGATES, DEFAULT_SEED_KEYS, DEFAULT_STATS, FORMATS
 from ..rundir.record import RunStatus
-from .common import Commands, add_runs_root, runs_root
+from .common import Commands, add_runs_root, add_where, error_console, runs_root, scalar_stats_named
 
 
 def add_parsers(commands: Commands) -> None:
@@ -26,13 +25,7 @@ def add_parsers(commands: Commands) -> None:
         help="a result (eval.mean) or a scalar (tb:TAG:last|max|min|mean_last_N); default: the first numeric result",
     )
     p.add_argument("--agg", default="mean±std", help=f"one of {', '.join(AGGREGATES)} (default mean±std)")
-    p.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="COND",
-        help="key=value, key!=value, key<value, key>value (repeatable)",
-    )
+    add_where(p)
     p.add_argument(
         "--status",
         choices=list(RunStatus),
@@ -70,11 +63,6 @@ def _split(values: list[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
-def _scalar_stats(names: list[str]) -> tuple[str, ...]:
-    stats = {m.group(1) for name in names for m in re.finditer(r"tb:.*:([a-z_0-9]+)", name)}
-    return tuple(sorted(stats))
-
-
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
     # numpy and pandas are loaded only when a table is made, not for every command
     from ..results.export import render, rich_table
@@ -89,8 +77,8 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"--parse {item!r}: write NAME=REGEX, e.g. 'acc=Test accuracy: (@float@)'")
         parse[name] = pattern
     named = [args.value or "", *args.where]
-    stats = DEFAULT_STATS if args.list or not args.value else _scalar_stats(named)
-    with Reporter().bar("loading runs") as progress:
+    stats = DEFAULT_STATS if args.list or not args.value else scalar_stats_named(named)
+    with Reporter(error_console()).bar("loading runs") as progress:
         frame = load_runs(
             root,
             status=args.status or RunStatus.SUCCEEDED,
@@ -127,7 +115,7 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(render(model, args.format, args.best, args.caption))
     partial = int(frame["partial"].sum()) if "partial" in frame else 0
     if partial:
-        Reporter().info(
+        Reporter(error_console()).info(
             f"note: {partial} run(s) had damaged files and were read in part; 'expman table --list' names them"
         )
     return 0

@@ -7,6 +7,7 @@ the JSON path of the bad value and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -75,6 +76,30 @@ SLURM_DEFAULTS: dict[str, Any] = {
 }
 
 QUEUE_DEFAULTS: dict[str, Any] = {"max_attempts": 3, "backoff": "30s", "lease": "2m", "priority": 0}
+
+# Each "pattern" of schema/expman.schema.json as a user reads it: what the value should be,
+# with examples, instead of the regular expression jsonschema would print.
+DURATION_MESSAGE = "is not a duration (examples: 90s, 30m, 6h, 2d)"
+MEMORY_MESSAGE = "is not a memory size (examples: 512m, 4g, 1.5g, 2gib, or a number of bytes)"
+PATTERN_MESSAGES: dict[str, str] = {
+    r"^([0-9]+(\.[0-9]+)?[dhms]\s*)+$": DURATION_MESSAGE,
+    r"^[0-9]+(\.[0-9]+)?\s*([bkmgt]|[kmgt]i?b)?$": MEMORY_MESSAGE,
+    r"^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$": "is not a Slurm time (examples: 90 minutes as 90, 1:30:00, 2-00:00:00)",
+    r"^[0-9]+[KMGT]?$": "is not a Slurm memory size (examples: 16G, 512M, 4096 for megabytes)",
+    r"^(SIG)?[A-Z0-9]+(@[0-9]+)?$": "is not a signal (examples: USR1, SIGTERM, USR1@120 for 120 s before the limit)",
+    r"^(SIG)?[A-Z][A-Z0-9]*$": "is not a signal name (examples: TERM, INT, USR1)",
+    r"^[^\s]+$": "is not one word (sbatch values hold no spaces or newlines)",
+    r"^[a-z][a-z0-9-]*$": "is not an sbatch option name (lowercase, without dashes in front: constraint, mail-type)",
+    r"^[a-z0-9]+([._/-][a-z0-9]+)*$": "is not a Docker image name (lowercase, digits, . _ / -: expman/my-project)",
+    r"^[A-Za-z0-9][A-Za-z0-9._-]*$": "is not a host name (letters, digits, . _ -, first a letter or digit: gpu1)",
+    r"^(~/|/)[A-Za-z0-9._/+=,@~-]*$": (
+        "is not an absolute path or one under ~/ (examples: /data/runs, ~/expman-runs; no spaces or quotes)"
+    ),
+    r"^(unix|tcp|fd)://[A-Za-z0-9._/:@+=-]+$": (
+        "is not a Docker engine URL (examples: unix:///run/user/1000/docker.sock, tcp://127.0.0.1:2375)"
+    ),
+    r"^[^.\s]+(\.[^.\s]+)*$": "is not a dotted config key (examples: train.lr, model.layers; no spaces or empty parts)",
+}
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -198,7 +223,7 @@ def parse_memory(value: int | str) -> int:
         return value
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([bkmgt]?)i?b?", value.strip().lower())
     if not match:
-        raise ConfigError(f'expman.resources.memory: {value!r} is not a size; write e.g. "4g" or "512m"')
+        raise ConfigError(f"expman.resources.memory: {value!r} {MEMORY_MESSAGE}")
     number, unit = match.groups()
     return int(float(number) * _MEMORY_UNITS[unit])
 
@@ -209,7 +234,7 @@ def parse_duration(value: float | str, where: str = "expman.resources.timeout") 
         return float(value)
     parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)([dhms])", value.replace(" ", ""))
     if not parts or "".join(n + u for n, u in parts) != value.replace(" ", ""):
-        raise ConfigError(f'{where}: {value!r} is not a duration; write e.g. "6h" or "1h30m"')
+        raise ConfigError(f"{where}: {value!r} {DURATION_MESSAGE}")
     return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
 
 
@@ -316,8 +341,10 @@ def _host_from(name: str, entry: dict[str, Any], where: str) -> HostSettings:
 def _check_known_keys(section: dict[str, Any], known: dict[str, Any], where: str) -> None:
     unknown = sorted(set(section) - set(known))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         valid = ", ".join(f"{k} (default {json.dumps(v)})" for k, v in sorted(known.items()))
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {valid}")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}; valid keys: {valid}")
 
 
 def _validate(instance: Any, schema: dict[str, Any], where: str) -> None:
@@ -328,7 +355,20 @@ def _validate(instance: Any, schema: dict[str, Any], where: str) -> None:
     if error is not None:
         path = ".".join(str(p) for p in error.absolute_path)
         location = f"{where}.{path}" if path else where
-        raise ConfigError(f"{location}: {error.message}")
+        raise ConfigError(f"{location}: {_in_words(error)}")
+
+
+def _in_words(error: Any) -> str:
+    """jsonschema's message, unless the value broke a pattern (or matched none of the forms
+    of a value with a pattern among them): then what the value should be, in words."""
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator not in ("pattern", "oneOf", "anyOf"):
+        return str(error.message)
+    for form in [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        message = PATTERN_MESSAGES.get(form.get("pattern", "")) if isinstance(form, dict) else None
+        if message:
+            return f"{error.instance!r} {message}"
+    return str(error.message)
 
 
 def _expman_schema() -> dict[str, Any]:

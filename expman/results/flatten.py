@@ -26,16 +26,26 @@ class Results:
     problem: str | None = None
 
 
-def read_json(path: Path) -> Any:
-    """orjson for speed; the stdlib parser for NaN/Infinity, which orjson refuses."""
-    data = path.read_bytes()
+class NestingError(ValueError):
+    """A document nested deeper than the JSON parsers go (orjson 1,024 levels, the stdlib's
+    parser about as many as Python's recursion limit)."""
+
+
+def read_json(path: Path | str) -> Any:
+    """orjson for speed; the stdlib parser for NaN/Infinity, which orjson refuses. A document
+    too deeply nested to parse raises NestingError (a ValueError), like any invalid JSON."""
+    data = Path(path).read_bytes()
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
+        pass
+    try:
         return json.loads(data)
+    except RecursionError:
+        raise NestingError("nested deeper than the JSON parsers go (about 1,000 levels)") from None
 
 
-def read_results(path: Path) -> Results:
+def read_results(path: Path | str) -> Results:
     """The flattened results.json at ``path``; a missing file is no results, a bad one a problem."""
     try:
         document = read_json(path)
@@ -43,12 +53,12 @@ def read_results(path: Path) -> Results:
         return Results()
     except (OSError, ValueError) as exc:
         return Results(problem=f"results.json: {_short(exc)}")
-    results = Results()
-    _flatten_results(document if isinstance(document, dict) else {"value": document}, "", results)
-    return results
+    return flatten_results(document)
 
 
 def _short(exc: Exception) -> str:
+    if isinstance(exc, NestingError):
+        return str(exc)
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8 text"
     if isinstance(exc, ValueError):
@@ -56,26 +66,76 @@ def _short(exc: Exception) -> str:
     return f"unreadable ({exc})"
 
 
-def _flatten_results(node: dict[str, Any], prefix: str, out: Results) -> None:
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _flatten_results(value, name + ".", out)
-        elif isinstance(value, list):
-            _flatten_list(value, name, out)
+def flatten_results(document: Any) -> Results:
+    """A parsed results.json as dotted keys (a top level that is not an object is ``value``)."""
+    results = Results()
+    _flatten(document if isinstance(document, dict) else {"value": document}, results.values, results.lists)
+    return results
+
+
+def flatten_config(node: dict[str, Any]) -> dict[str, Any]:
+    """A config as dotted keys; a list or an empty object is one value, as compact JSON text."""
+    flat: dict[str, Any] = {}
+    _flatten(node, flat, None)
+    return flat
+
+
+def _flatten(root: dict[str, Any], values: dict[str, Any], lists: dict[str, np.ndarray] | None) -> None:
+    """Every leaf under ``root`` into ``values`` as a dotted key, in document order: results
+    when ``lists`` is given, else a config (see ``_nested``).
+
+    Iterative, not recursive, so that no depth exceeds a recursion limit; a level's prefix is
+    joined once a leaf needs it, so that a deep chain of objects costs its depth, not its
+    depth squared."""
+    path: list[str] = []
+    stack: list[list[Any]] = [[iter(root.items()), ""]]
+    while stack:
+        frame = stack[-1]
+        items, prefix = frame
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                value = _nested(value, lists)
+                if value is _NOTHING:
+                    continue
+                if isinstance(value, dict):
+                    path.append(key)
+                    stack.append([iter(value.items()), None])
+                    break
+            if prefix is None:
+                prefix = frame[1] = ".".join(path) + "."
+            if lists is not None and isinstance(value, np.ndarray):
+                _summarize(prefix + key, value, values, lists)
+            else:
+                values[prefix + key] = value
         else:
-            out.values[name] = value
+            stack.pop()
+            if path:
+                path.pop()
 
 
-def _flatten_list(items: list[Any], name: str, out: Results) -> None:
-    array = _numbers(items)
+_NOTHING = object()
+
+
+def _nested(value: dict[str, Any] | list[Any], lists: dict[str, np.ndarray] | None) -> Any:
+    """What a list or an object stands for: a non-empty object is descended into. In a config
+    (no ``lists``) a list or an empty object is one value, its compact JSON text. In results
+    a list of numbers is summarized, another list is an object of its indices, and an empty
+    list or object is nothing."""
+    if isinstance(value, dict) and value:
+        return value
+    if lists is None:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    array = _numbers(value) if isinstance(value, list) else None
     if array is not None:
-        out.lists[name] = array
-        out.values[f"{name}.mean"] = float(array.mean())
-        out.values[f"{name}.std"] = float(array.std(ddof=1)) if len(array) > 1 else math.nan
-        out.values[f"{name}.n"] = len(array)
-    else:
-        _flatten_results({str(i): v for i, v in enumerate(items)}, name + ".", out)
+        return array
+    return {str(i): v for i, v in enumerate(value)} or _NOTHING
+
+
+def _summarize(name: str, array: np.ndarray, values: dict[str, Any], lists: dict[str, np.ndarray]) -> None:
+    lists[name] = array
+    values[f"{name}.mean"] = float(array.mean())
+    values[f"{name}.std"] = float(array.std(ddof=1)) if len(array) > 1 else math.nan
+    values[f"{name}.n"] = len(array)
 
 
 def _numbers(items: list[Any]) -> np.ndarray | None:
@@ -90,16 +150,3 @@ def _numbers(items: list[Any]) -> np.ndarray | None:
     if array.ndim != 1 or array.dtype.kind not in "iuf":
         return None
     return array.astype(np.float64, copy=False)
-
-
-def flatten_config(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_config(value, name + "."))
-        elif isinstance(value, (list, dict)):
-            flat[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
-        else:
-            flat[name] = value
-    return flat

@@ -59,10 +59,14 @@ def select_runs(
     commit: str | None = None,
     branch: str | None = None,
 ) -> list[RunInfo]:
-    """Runs under ``root`` (oldest first) whose record matches; unreadable records are skipped."""
+    """Runs under ``root`` (oldest first) whose record matches; unreadable records are skipped.
+    A ``root`` that is not a directory is a UsageError (an empty one holds no runs)."""
     statuses = {status} if isinstance(status, str) else set(status or ())
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"no runs root at {path}: not a directory; check the path (or --runs-root)")
     selected = []
-    for run in reversed(list_runs(Path(root).expanduser())):
+    for run in reversed(list_runs(path)):
         try:
             record = read_json(run.record)
         except (OSError, ValueError):

@@ -74,11 +74,14 @@ def scalar_key(reldir: str, tag: str) -> str:
     return tag if reldir in ("", ".") else f"{reldir}/{tag}"
 
 
-def read_run_scalars(output: Path, files: list[Path], keep: str = "last", check_crc: bool = True) -> RunScalars:
-    """Every scalar of ``files`` (event files under ``output``), keyed and merged."""
+def read_run_scalars(
+    output: Path | str, files: list[Path] | None = None, keep: str = "last", check_crc: bool = True
+) -> RunScalars:
+    """Every scalar of ``files`` (event files under ``output``; default: all of them), keyed and merged."""
+    output = Path(output)
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]] = {}
     problems = []
-    for path in files:
+    for path in event_files(output) if files is None else map(Path, files):
         try:
             scalars = read_event_file(path, check_crc)
         except OSError as exc:

@@ -5,7 +5,7 @@ Each worker process claims a job and marks it succeeded, until the queue is empt
 clock runs from the moment all workers are connected until the last one is done. Targets:
 SQLite >= 500 claims/s and PostgreSQL >= 2,000 claims/s with 8 workers.
 
-    python benchmarks/queue.py [--jobs 3000] [--workers 1 8 32]
+    python benchmarks/queue_claims.py [--jobs 3000] [--workers 1 8 32]
 
 Needs root (PostgreSQL runs as the postgres user) and Debian's postgresql (scripts/setup).
 """
@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# This file's own folder would shadow the standard library's queue module: put the repository there instead.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+# The repository, for the tests' PostgreSQL daemon helper.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from expman.queue import JobState, NewJob, open_queue  # noqa: E402
 from tests.daemons import start_postgres  # noqa: E402

@@ -1,0 +1,149 @@
+"""``expman show``: one run as a reader wants it: where and how it ran (only what applies to
+its backend), its effective configuration and its results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import ConfigError
+from ..experiment.config import SECTION
+from ..experiment.patterns import compile_patterns
+from ..rundir.layout import RunDir, find_run
+from ..rundir.record import RunRecord
+from .common import Commands, add_offline, add_runs_root, runs_root
+from .runs import duration, records_of, size
+
+
+def add_parsers(commands: Commands) -> None:
+    p = commands.add_parser("show", help="show one run: its record, effective config and results")
+    add_runs_root(p)
+    add_offline(p)
+    p.add_argument("run", nargs="?", help="run id or unique prefix (default: the newest run)")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "path"),
+        default="table",
+        help="json prints run.json as it is; path prints the run directory, for scripts",
+    )
+    p.set_defaults(handler=cmd_show)
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    run = find_run(runs_root(args), args.run)
+    if args.format == "path":
+        console.print(str(run.path), markup=False, soft_wrap=True)
+        return 0
+    (record,) = records_of(args, [run])
+    if args.format == "json":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(run.record.read_bytes())
+        sys.stdout.buffer.flush()
+        return 0
+    from ..results.flatten import flatten_config  # numpy: only here, not for every command
+
+    config = _config(run)
+    results, problem = _results(run, config)
+    sections = {
+        "": _summary(record, run),
+        "config": flatten_config(config),
+        "results": {**results, **({"problems": problem} if problem else {})},
+    }
+    console.print(_sections(sections))
+    return 0
+
+
+def _sections(sections: dict[str, dict[str, Any]]) -> Table:
+    """One two-column grid, so that the values of every section line up."""
+    table = Table.grid(padding=(0, 2))
+    for title, rows in sections.items():
+        if title:
+            table.add_row("")
+            table.add_row(Text(title, style="bold underline"))
+        for key, value in rows.items():
+            table.add_row(Text(key, style="bold"), Text("" if value is None else str(value)))
+    return table
+
+
+def _config(run: RunDir) -> dict[str, Any]:
+    from ..results.flatten import read_json
+
+    try:
+        document = read_json(run.config)
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _results(run: RunDir, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """results.json flattened, and the metrics its "parse" patterns find in stdout (results.json
+    wins where both have a key), as ``expman table`` reads them."""
+    from ..results.flatten import read_results
+    from ..results.stdout import extract
+
+    results = read_results(run.output / "results.json")
+    section = config.get(SECTION)
+    patterns = section.get("parse") if isinstance(section, dict) else None
+    parsed: dict[str, Any] = {}
+    if isinstance(patterns, dict) and run.stdout_log.exists():
+        try:
+            parsed = extract(run.stdout_log.read_text(errors="replace"), compile_patterns(patterns))
+        except ConfigError as exc:
+            return results.values, exc.message
+    return {**parsed, **results.values}, results.problem
+
+
+def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
+    return {
+        "run": record.run_id,
+        "status": f"{record.status}" + (f" ({record.reason})" if record.reason else ""),
+        "commit": f"{record.git.commit} {record.git.subject}",
+        "branch": record.git.branch,
+        "author": f"{record.git.author} <{record.git.author_email}> {record.git.commit_date}",
+        "remote": record.git.remote_url or "",
+        "command": " ".join(record.command),
+        **_where_it_ran(record),
+        **(
+            {"sweep": f"{record.sweep['index'] + 1}/{record.sweep['count']} {record.sweep['label']}"}
+            if record.sweep
+            else {}
+        ),
+        **({"attempts": len(record.attempts)} if len(record.attempts) > 1 else {}),
+        "queued": record.queued_at,
+        "started": record.started_at or "",
+        "ended": record.ended_at or "",
+        "duration": duration(record.duration_s),
+        "exit code": "" if record.exit_code is None else record.exit_code,
+        **({"oom killed": record.oom_killed} if record.oom_killed is not None else {}),
+        "peak memory": size(record.peak_memory_bytes),
+        "directory": run.path,
+        **({"warnings": "; ".join(record.warnings)} if record.warnings else {}),
+    }
+
+
+def _where_it_ran(record: RunRecord) -> dict[str, Any]:
+    """Backend and host, and only the rows that apply: image and container where a container
+    ran, pid where a process did, the Slurm job, the SSH host's copy."""
+    rows: dict[str, Any] = {"backend": record.backend, "host": record.host or ""}
+    if _in_container(record):
+        rows["image"] = f"{record.image.image_id or ''} {record.image.image_tag or ''}".strip()
+        rows["container"] = record.container_id or ""
+    if record.pid is not None:
+        rows["pid"] = record.pid
+    if record.job_id:
+        rows["slurm job"] = record.job_id
+    if record.remote:
+        rows["remote"] = f"{record.remote.get('name')}:{record.remote.get('path')}"
+        rows["synced"] = record.remote.get("synced_at") or "not yet"
+    return rows
+
+
+def _in_container(record: RunRecord) -> bool:
+    if record.backend == "slurm":
+        return (record.slurm or {}).get("runtime", "docker") == "docker"
+    return record.backend != "process"
