@@ -164,3 +164,9 @@ class RecordError(ExpmanError):
     """A run record could not be read or written."""
 
     exit_code = 32
+
+
+class DiskFullError(RecordError):
+    """The filesystem of the runs root is full (or the user's quota is used up)."""
+
+    exit_code = 33

@@ -89,6 +89,17 @@ elif mode == "resumable":  # counts steps; SIGUSR1 saves the count, SIGTERM ends
     while step < job["steps"]:
         time.sleep(0.1)
         step += 1
+elif mode == "fill":  # fill the output's disk, then go on printing (as a program that ignores the error)
+    try:
+        with open(os.path.join(out, "filler.bin"), "wb") as f:
+            while True:
+                f.write(b"x" * 65536)
+                f.flush()
+    except OSError:
+        pass
+    while True:
+        print("still printing " + "y" * 200, flush=True)
+        time.sleep(0.001)
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"accuracy": 0.9, "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}, f)
 """

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from expman.cli import main
+from expman.rundir.record import RunRecord
 
 
 def submit(repo_path: Path, *args: str) -> int:
@@ -45,3 +46,38 @@ def cancel_with_ctrl_c(repo_path: Path, runs_root: Path, *args: str) -> tuple[in
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     return proc.returncode, wait_for_status(runs_root, {"cancelled", "failed", "succeeded"})
+
+
+def minimal_record(run_id: str, **resources: Any) -> RunRecord:
+    """A queued record with every required field and nothing else."""
+    return RunRecord.from_dict(
+        {
+            "run_id": run_id,
+            "status": "queued",
+            "config_hash": "h",
+            "command": ["python"],
+            "backend": "local",
+            "resources": {"gpus": 0, "cpus": None, "memory_bytes": None, "timeout_s": None, **resources},
+            "git": {
+                "commit": "c",
+                "branch": "b",
+                "subject": "",
+                "author": "",
+                "author_email": "",
+                "commit_date": "",
+                "remote_url": None,
+                "repository": "",
+            },
+            "submitter": {
+                "user": "u",
+                "uid": 1000,
+                "gid": 1000,
+                "expman_version": "0",
+                "python_version": "3",
+                "argv": [],
+            },
+            "host_facts": {},
+            "environment": {},
+            "queued_at": "",
+        }
+    )

@@ -22,10 +22,9 @@ from expman import errors
 from expman.backends.local import container_spec
 from expman.cli import main
 from expman.rundir.layout import RunDir
-from expman.rundir.record import RunRecord
 
 from .conftest import BASE_IMAGE, DOCKERFILE, JOB, init_repo, only_run, read_record
-from .helpers import cancel_with_ctrl_c, submit, wait_for_status
+from .helpers import cancel_with_ctrl_c, minimal_record, submit, wait_for_status
 
 RECORD_FIELDS = {
     "run_id",
@@ -105,37 +104,7 @@ def test_container_settings_seen_by_the_engine(docker_client, make_repo, runs_ro
 
 
 def test_gpus_become_device_requests(tmp_path):
-    record = RunRecord.from_dict(
-        {
-            "run_id": "r",
-            "status": "queued",
-            "config_hash": "h",
-            "command": ["python"],
-            "backend": "local",
-            "resources": {"gpus": 2, "cpus": None, "memory_bytes": None, "timeout_s": None},
-            "git": {
-                "commit": "c",
-                "branch": "b",
-                "subject": "",
-                "author": "",
-                "author_email": "",
-                "commit_date": "",
-                "remote_url": None,
-                "repository": "",
-            },
-            "submitter": {
-                "user": "u",
-                "uid": 1000,
-                "gid": 1000,
-                "expman_version": "0",
-                "python_version": "3",
-                "argv": [],
-            },
-            "host_facts": {},
-            "environment": {},
-            "queued_at": "",
-        }
-    )
+    record = minimal_record("r", gpus=2)
     spec = container_spec(record, str(RunDir(tmp_path).output), "1000:1000")
     assert spec["device_requests"][0]["Count"] == 2 and spec["device_requests"][0]["Capabilities"] == [["gpu"]]
     assert spec["user"] == "1000:1000" and spec["init"] is True

@@ -27,11 +27,11 @@ from signal import SIGKILL, SIGTERM
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConnectionLostError, ExpmanError, LaunchError
+from ..errors import ConnectionLostError, ExpmanError, LaunchError, RecordError, StaleAttemptError
 from ..hostinfo import hostname
 from ..redact import Redactor
 from ..rundir import lifecycle
-from ..rundir.files import write_bytes_atomic
+from ..rundir.files import reserve_space, write_bytes_atomic
 from ..rundir.layout import Clock, RunDir, utc_now
 from ..rundir.lifecycle import Recorder
 from ..rundir.logs import LogSink
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 DEFAULT_KILL_GRACE_S = 30.0
 RUNNING_RECORD_AFTER_S = 1.0
+WATCH_S = 1.0  # how often a wait looks whether the run's logs and record can still be written
 CANCEL_WAIT_S = 60.0
 DETACH_START_TIMEOUT_S = 120.0
 # What a SIGTERM/SIGINT means, as (status, reason); a Slurm node tells timeouts and requeues apart.
@@ -290,6 +291,7 @@ def execute(
     the program is stopped and the error passed on.
     """
     recorder = recorder or Recorder(run)
+    reserve_space(run.path.parent)
     sink = LogSink(run, backend.redactor, echo)
     switch = _CancelSwitch()
     previous: dict[int, Any] = {s: signal.signal(s, switch.handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -301,7 +303,7 @@ def execute(
             return record
         previous.update(_install_forwarders(forward, execution))
         stopping = Stopping.of(record, max_grace_s, checkpoint_signal)
-        status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, interpret)
+        status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, interpret, sink)
         end = execution.end_state(exit_code)
         if status == RunStatus.FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
@@ -345,21 +347,29 @@ def _follow(
     recorder: Recorder,
     stopping: Stopping,
     interpret: Interpretation | None,
+    sink: LogSink,
 ) -> tuple[RunStatus, str | None, int]:
-    """Wait for the end; the record says "running" once the program has run a while."""
+    """Wait for the end; the record says "running" once the program has run a while. A run
+    whose record or logs cannot be written (a full disk) is stopped and ends failed."""
+    trouble: list[str] = []
 
     def announce() -> None:
         try:
             recorder.save(record)
-        except ExpmanError:
+        except StaleAttemptError:
             execution.kill()  # not ours to run any more (a queue lease was lost)
             raise
+        except RecordError as exc:
+            trouble.append(exc.message)
+
+    def failure() -> str | None:
+        return trouble[0] if trouble else sink.failure
 
     def why(current: RunRecord) -> tuple[RunStatus, str]:
         return interpret(current) if interpret is not None else (RunStatus.CANCELLED, "cancelled by user")
 
     try:
-        return _wait(execution, record, switch, announce, stopping, why)
+        return _wait(execution, record, switch, announce, failure, stopping, why)
     except ConnectionLostError:
         recorder.save(record)  # still running over there; reconnecting tells how it ends
         raise
@@ -370,32 +380,47 @@ def _wait(
     record: RunRecord,
     switch: _CancelSwitch,
     announce: Callable[[], None],
+    failure: Callable[[], str | None],
     stopping: Stopping,
     why: Interpretation,
 ) -> tuple[RunStatus, str | None, int]:
     """Wait for the end under the timeout; ``announce`` (record "running") once the program
     has run for RUNNING_RECORD_AFTER_S: a program that ends sooner gets only its final record,
-    which halves the writes of a sweep of short tasks. A timeout or a stop request asks the
-    program to stop and waits for it (``Stopping``)."""
+    which halves the writes of a sweep of short tasks. A timeout, a ``failure`` or a stop
+    request asks the program to stop and waits for it (``Stopping``)."""
     started = time.monotonic()
     timeout_s = record.resources.get("timeout_s")
     try:
         first = RUNNING_RECORD_AFTER_S if timeout_s is None else min(RUNNING_RECORD_AFTER_S, timeout_s)
         with switch.armed():
-            exit_code = execution.wait(first)
-        if exit_code is None:
+            exit_code = _wait_watching(execution, first, failure)
+        if exit_code is None and failure() is None:
             announce()
             left = None if timeout_s is None else max(0.0, timeout_s - (time.monotonic() - started))
             with switch.armed():
-                exit_code = execution.wait(left)
+                exit_code = _wait_watching(execution, left, failure)
         if exit_code is None:
             execution.stop(stopping.grace_s, (stopping.signal,))
-            return RunStatus.FAILED, "timeout", _wait_uninterrupted(execution)
+            return RunStatus.FAILED, failure() or "timeout", _wait_uninterrupted(execution)
     except Cancelled:
         status, reason = why(record)
         execution.stop(stopping.grace_s, stopping.signals(status))
         return status, reason, _wait_uninterrupted(execution)
+    if failure() is not None:  # ended by itself, but its logs or record are incomplete
+        return RunStatus.FAILED, failure(), exit_code
     return (RunStatus.SUCCEEDED if exit_code == 0 else RunStatus.FAILED), None, exit_code
+
+
+def _wait_watching(execution: Execution, timeout_s: float | None, failure: Callable[[], str | None]) -> int | None:
+    """``execution.wait`` in slices of WATCH_S; None early once ``failure()`` says the run must stop."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        exit_code = execution.wait(WATCH_S if left is None else min(WATCH_S, left))
+        if exit_code is not None or failure() is not None:
+            return exit_code
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
 
 
 def _wait_uninterrupted(execution: Execution) -> int:

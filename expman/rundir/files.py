@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import errno
 import json
 import os
 import shutil
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -76,3 +79,61 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+# --- space for the last words ------------------------------------------------------------
+
+RESERVE_DIR = ".expman-reserve"
+RESERVE_BYTES = 1 << 20
+_reserved: set[Path] = set()
+
+
+def disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def reserve_space(root: Path) -> None:
+    """Keep RESERVE_BYTES of ``root``'s filesystem for this process (a file of its own under
+    <root>/.expman-reserve/), given up by ``release_space`` when the disk is found full, so
+    that the records saying so can still be written. Best effort: a root where it cannot be
+    made has none. Reserves of processes that died on this host are removed."""
+    if root in _reserved:
+        return
+    path = _reserve_path(root)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        _remove_stale_reserves(path.parent)
+        with open(path, "wb") as f:
+            f.write(bytes(RESERVE_BYTES))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    if not _reserved:
+        atexit.register(_release_all)
+    _reserved.add(root)
+
+
+def release_space(root: Path) -> bool:
+    """Give up this process's reserve in ``root``; whether there was one."""
+    if root not in _reserved:
+        return False
+    _reserved.discard(root)
+    _reserve_path(root).unlink(missing_ok=True)
+    return True
+
+
+def _reserve_path(root: Path) -> Path:
+    return root / RESERVE_DIR / f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_stale_reserves(directory: Path) -> None:
+    host = socket.gethostname()
+    for entry in directory.iterdir():
+        name, _, pid = entry.name.rpartition("-")
+        if name == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            entry.unlink(missing_ok=True)
+
+
+def _release_all() -> None:
+    for root in list(_reserved):
+        release_space(root)

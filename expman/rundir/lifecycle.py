@@ -21,16 +21,17 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from ..errors import RecordError
-from .files import json_bytes, put_in_place, stage_bytes, write_bytes_atomic
+from ..errors import DiskFullError, RecordError
+from .files import disk_full, json_bytes, put_in_place, release_space, stage_bytes, write_bytes_atomic
 from .layout import RunDir
 from .record import EndState, RunRecord, RunStatus, load_record
 
 LOG_NAMES = ("stdout.log", "stderr.log", "build.log")
+T = TypeVar("T")
 # How a run found unfinished should end, given its current record: (status, reason), or None.
 Decision = Callable[[RunRecord], tuple[RunStatus, str | None] | None]
 
@@ -94,8 +95,19 @@ def save(run: RunDir, record: RunRecord) -> None:
 
 def write_locked(run: RunDir, record: RunRecord) -> None:
     """``save`` for a caller that holds ``record_lock(run)``."""
+    _with_space(run, lambda: write_bytes_atomic(run.record, record_bytes(run, record), durable=record.final))
+
+
+def _with_space(run: RunDir, write: Callable[[], T]) -> T:
+    """``write()``; on a full disk, again once this process's reserve in the runs root is given
+    up. An atomic write that fails leaves the previous record in place."""
     try:
-        write_bytes_atomic(run.record, record_bytes(run, record), durable=record.final)
+        return write()
+    except OSError as exc:
+        if not (disk_full(exc) and release_space(run.path.parent)):
+            raise unwritable(run.record, exc) from None
+    try:
+        return write()
     except OSError as exc:
         raise unwritable(run.record, exc) from None
 
@@ -114,6 +126,8 @@ def mirror_bytes(record: RunRecord) -> bytes:
 
 def unwritable(path: Path, exc: OSError) -> RecordError:
     """The one-line error for a file of a run directory that cannot be written."""
+    if disk_full(exc):
+        return DiskFullError(f"disk full at {path}: {exc.strerror}; free space under the runs root")
     return RecordError(f"cannot write {path}: {exc.strerror}; check the runs_root permissions and free space")
 
 
@@ -226,12 +240,13 @@ class Finisher:
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def finish_locked(self, run: RunDir, record: RunRecord, lock: RecordLock) -> None:
-        """Write the final ``record``; the caller holds ``lock``, which this now owns."""
-        try:
-            staged = stage_bytes(run.record, record_bytes(run, record))
-        except OSError as exc:
-            raise unwritable(run.record, exc) from None
+    def stage(self, run: RunDir, record: RunRecord) -> Path:
+        """The final ``record`` in a temporary file next to run.json (a full disk raises here,
+        before anything is committed elsewhere); ``finish_locked`` puts it in place."""
+        return _with_space(run, lambda: stage_bytes(run.record, record_bytes(run, record)))
+
+    def finish_locked(self, run: RunDir, staged: Path, lock: RecordLock) -> None:
+        """Put a staged record in place; the caller holds ``lock``, which this now owns."""
         self._work.put((lock.hand_over(), staged, run.record))
 
     def close(self) -> None:

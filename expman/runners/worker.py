@@ -279,11 +279,16 @@ class _FencedRecorder(Recorder):
             state, error, retry_in_s, extra = _outcome(job, record, self.permanent)
             if state == JobState.PENDING and record.final:
                 record.requeue(error)
+            # A final record is staged before the queue hears the outcome: if the disk is full
+            # the job stays this attempt's, and returns to the queue when its lease runs out.
+            staged = self.worker._finisher.stage(self.run, record) if record.final else None
             if not self.worker.queue.finish(job, state, error, retry_in_s, extra):
+                if staged is not None:
+                    staged.unlink(missing_ok=True)
                 raise StaleAttemptError(f"result of attempt {job.attempt} rejected: a newer attempt owns the job")
             self.attempt.settled = True
-            if record.final:  # synced and renamed by the finisher, which releases the lock then
-                self.worker._finisher.finish_locked(self.run, record, lock)
+            if staged is not None:  # synced and renamed by the finisher, which releases the lock then
+                self.worker._finisher.finish_locked(self.run, staged, lock)
             else:
                 lifecycle.write_locked(self.run, record)
 
