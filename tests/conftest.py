@@ -215,8 +215,13 @@ def docker_client() -> Iterator[Any]:
     client.close()
 
 
+def run_dirs(root: Path) -> list[Path]:
+    """The run directories under ``root``, oldest first (not expman's own hidden folders)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def only_run(root: Path) -> Path:
-    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    runs = run_dirs(root)
     assert len(runs) == 1, runs
     return runs[0]
 

@@ -23,7 +23,7 @@ from expman.backends.local import container_spec
 from expman.cli import main
 from expman.rundir.layout import RunDir
 
-from .conftest import BASE_IMAGE, DOCKERFILE, JOB, init_repo, only_run, read_record
+from .conftest import BASE_IMAGE, DOCKERFILE, JOB, init_repo, only_run, read_record, run_dirs
 from .helpers import cancel_with_ctrl_c, minimal_record, submit, wait_for_status
 
 RECORD_FIELDS = {
@@ -115,7 +115,7 @@ def test_code_only_commit_reuses_the_image(docker_client, make_repo, runs_root):
     assert submit(repo.path) == 0
     repo.commit({"job.py": JOB.replace('job.get("version", 1)', '"2"')}, "change only code")
     assert submit(repo.path) == 0
-    first, second = sorted(runs_root.iterdir())
+    first, second = run_dirs(runs_root)
     assert read_record(first)["image"]["image_id"] == read_record(second)["image"]["image_id"]
     log = (second / "logs" / "build.log").read_text()
     assert "Running in" not in log and log.count("Using cache") == 2
@@ -277,3 +277,25 @@ def test_ctrl_c_during_the_build_records_cancelled(docker_client, make_repo, run
 
 def _read(runs_root: Path) -> str:
     return "".join(p.read_text() for p in runs_root.glob("*/logs/build.log"))
+
+
+def test_a_lost_answer_to_a_container_create_leaves_nothing_and_is_retried(
+    docker_client, make_repo, runs_root, monkeypatch
+):
+    """The engine made the container but its answer was lost: expman finds the container by
+    its name (run id and attempt), removes it, and creates it again; one run, one container."""
+    from .docker_proxy import LossyDockerProxy
+
+    repo = make_repo()
+    assert submit(repo.path) == 0  # the image is built and cached through the real socket
+    proxy = LossyDockerProxy(lose_creates=1)
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    try:
+        assert submit(repo.path) == 0
+    finally:
+        proxy.close()
+    assert proxy.creates == 2
+    record = read_record(run_dirs(runs_root)[-1])
+    assert record["status"] == "succeeded"
+    leftovers = docker_client.containers.list(all=True, filters={"label": f"expman.run_id={record['run_id']}"})
+    assert leftovers == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,9 @@ if TYPE_CHECKING:
 
 CODE_PATH, OUTPUT_PATH, CONFIG_PATH = "/code", "/output", "/expman/config.json"
 ENGINE_WAIT_S = 60  # the engine's answer once the output has ended (the container has exited)
-ORPHAN_GRACE_S = 10  # a container left by a silent earlier attempt: SIGTERM, then SIGKILL after this
+ORPHAN_GRACE_S = 10
+LAUNCH_TRIES = 3
+LAUNCH_BACKOFF_S = 1.0  # a container left by a silent earlier attempt: SIGTERM, then SIGKILL after this
 
 
 def container_environment(record: RunRecord) -> dict[str, str]:
@@ -109,36 +112,64 @@ class LocalBackend(Backend):
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         user = f"{record.submitter.uid}:{record.submitter.gid}"
-        container = self.create_container(run, record, container_spec(record, str(run.output), user))
-        frames = self.start_container(run, container)
+        container, frames = self.launch(run, record, container_spec(record, str(run.output), user))
         return ContainerExecution(self.client, container, frames, sink)
 
-    def create_container(self, run: RunDir, record: RunRecord, spec: dict[str, Any]) -> Any:
-        try:
-            container = self.client.containers.create(**spec)
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise LaunchError(f"cannot create the container: {self.redactor.text(str(exc))}") from None
-        record.container_id = container.id
-        return container
+    def launch(self, run: RunDir, record: RunRecord, spec: dict[str, Any]) -> tuple[Any, Any]:
+        """Create and start the container named for the run and attempt; returns it and its
+        attached output. After any failure, whatever the engine made under that name is
+        removed (a create whose answer was lost, by a timeout or a dropped connection, has
+        made it all the same); a transient engine error is tried again."""
+        spec = {**spec, "name": container_name(record)}
+        for attempt in range(1, LAUNCH_TRIES + 1):
+            try:
+                container = self.client.containers.create(**spec)
+                record.container_id = container.id
+                return container, self.start_container(run, container)
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                self.remove_named(spec["name"])
+                record.container_id = None
+                if attempt == LAUNCH_TRIES or not _transient(exc):
+                    raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
+                time.sleep(LAUNCH_BACKOFF_S * attempt)
+            except BaseException:  # Ctrl-C included: never leave a created container behind
+                self.remove_named(spec["name"])
+                raise
+        raise AssertionError("unreachable")
 
     def start_container(self, run: RunDir, container: Any) -> Any:
         """Copy code and config in, attach, start; returns the attached output stream."""
-        try:
-            with container_payload(run.code_tar, run.config.read_bytes()) as payload:
-                container.put_archive("/", payload)
-            # Attach before start, as `docker run` does: output of a program that ends at once is not lost.
-            frames = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
-            container.start()
-        except BaseException as exc:  # Ctrl-C included: never leave a created container behind
-            container.remove(force=True)
-            if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
-                raise LaunchError(f"cannot start the container: {self.redactor.text(str(exc))}") from None
-            raise
+        with container_payload(run.code_tar, run.config.read_bytes()) as payload:
+            container.put_archive("/", payload)
+        # Attach before start, as `docker run` does: output of a program that ends at once is not lost.
+        frames = self.client.api.attach(container.id, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        container.start()
         return frames
+
+    def remove_named(self, name: str) -> None:
+        try:
+            self.client.api.remove_container(name, force=True)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            pass  # nothing was made, or the engine is away (then its next attempt finds it by name)
 
     def stop_orphan(self, record: RunRecord) -> None:
         if record.container_id:
             stop_container(self.client, record.container_id)
+
+
+def container_name(record: RunRecord) -> str:
+    """One name per run and attempt: a second create of the same attempt finds the first."""
+    return f"expman-{record.run_id}-{max(record.attempt, 1)}"
+
+
+def _transient(exc: BaseException) -> bool:
+    """An engine error worth another try: a lost or slow answer, an engine-side failure, or
+    the name still held by what a lost answer made."""
+    if isinstance(exc, requests.exceptions.RequestException):
+        return True
+    if isinstance(exc, docker.errors.APIError):
+        return exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 409)
+    return False
 
 
 def engine_time(text: str | None) -> datetime | None:

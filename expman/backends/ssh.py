@@ -139,8 +139,7 @@ class SSHBackend(LocalBackend):
         user = f"{remote['uid']}:{remote['gid']}"
         spec = container_spec(record, posixpath.join(remote["path"], "output"), user)
         spec["labels"]["expman.host"] = remote["name"]
-        container = self.create_container(run, record, spec)
-        frames = self.start_container(run, container)
+        container, frames = self.launch(run, record, spec)
         return RemoteExecution(self, run, record, container, frames, sink)
 
     def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
