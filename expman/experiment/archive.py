@@ -34,7 +34,6 @@ from .git import git_environment
 
 CODE_DIR = "code"
 CONFIG_DIR = "expman"
-SHARED_CODE_DIR = ".expman-code"
 FILE, DIRECTORY, SYMLINK = "file", "dir", "symlink"
 _KINDS = {tarfile.REGTYPE: FILE, tarfile.AREGTYPE: FILE, tarfile.DIRTYPE: DIRECTORY, tarfile.SYMTYPE: SYMLINK}
 _OTHER_KINDS = {
@@ -257,23 +256,3 @@ def _directory_entry(name: str) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.mode = tarfile.DIRTYPE, 0o755
     return info
-
-
-def extract_shared(archive: Path, commit: str, link: Path) -> Path:
-    """Extract ``archive`` once per commit under ``<runs_root>/.expman-code/<commit>`` and point
-    ``link`` (a run's ``code``) at it: the runs of a sweep share one copy of the code.
-
-    The runs_root is ``link``'s grandparent. A concurrent run never sees a half-extracted
-    tree: ``extract_archive`` renames a complete one into place.
-    """
-    shared = link.parent.parent / SHARED_CODE_DIR / commit
-    if not shared.is_dir():
-        shared.parent.mkdir(exist_ok=True)
-        try:
-            extract_archive(archive, shared)
-        except OSError:
-            if not shared.is_dir():  # another run's extraction came first
-                raise
-    if not link.is_symlink():
-        link.symlink_to(Path("..") / SHARED_CODE_DIR / commit)
-    return shared
