@@ -23,7 +23,8 @@ def test_successful_run_record_and_outputs(make_repo, runs_root, capfd):
     results = json.loads((run / "output" / "results.json").read_text())
     # ran from the extracted archive, not the work tree; shared by the commit's runs
     assert results["cwd"] == str((run / "code").resolve())
-    assert (run / "code").resolve() == runs_root / ".expman-code" / record["git"]["commit"]
+    copy = (run / "code").resolve()
+    assert copy.parent == runs_root / ".expman-code" and copy.name.startswith(record["git"]["commit"])
     assert "code version 1" in (run / "logs" / "stdout.log").read_text()
     assert "a line on stderr" in (run / "logs" / "stderr.log").read_text()
     assert "code version 1" in capfd.readouterr().out  # followed on the terminal

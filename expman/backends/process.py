@@ -1,8 +1,10 @@
 """Runs as a plain subprocess in the extracted archive, for machines without Docker.
 
-The archive is extracted once per commit under <runs_root>/.expman-code/<commit>; each
-run's ``code`` is a symlink to it, so a sweep of thousands of runs holds one copy. Programs
-write to $EXPMAN_OUTPUT_DIR, never into their working directory, which other runs share.
+The archive is extracted once per commit under <runs_root>/.expman-code/, read-only; each
+run's ``code`` is a symlink to that copy, so a sweep of thousands of runs holds one copy.
+Programs write to $EXPMAN_OUTPUT_DIR, never into their working directory, which other runs
+share: the copy is checked against its manifest just before each run starts, and replaced
+by a fresh one when a run changed it (see expman.experiment.shared_code).
 
 Same run directory and record; ``container_id`` stays empty. The program gets this
 environment minus anything secret-named, plus the EXPMAN_* variables pointing into the
@@ -20,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LaunchError
-from ..experiment.archive import CODE_DIR, extract_shared
+from ..experiment.archive import CODE_DIR
 from ..experiment.git import git_environment
+from ..experiment.shared_code import SharedCode
 from ..redact import is_secret_name
 from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
@@ -59,18 +62,23 @@ class ProcessBackend(Backend):
     def __init__(self, environ: Mapping[str, str]) -> None:
         super().__init__(environ)
         self._base_environment = base_environment(environ)  # once: a worker starts thousands of runs
+        self._shared_code = SharedCode()
 
     def describe(self, plan: Plan) -> dict[str, Any]:
-        where = "<run>/code -> <runs_root>/.expman-code/<commit> (the archive, extracted once per commit)"
+        where = "<run>/code -> <runs_root>/.expman-code/<commit>.<id> (the archive, read-only, one copy per commit)"
         return {**super().describe(plan), "working_directory": where}
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
-        extract_shared(run.code_tar, record.git.commit, run.path / CODE_DIR)
+        self._shared_code.ensure(run.code_tar, record.git.commit, run.path.parent)
         unenforced = [k for k in ("memory_bytes", "cpus", "gpus") if record.resources.get(k)]
         if unenforced:
             record.warnings.append(f"the process backend does not enforce {', '.join(unenforced)}")
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
+        # Checked here, not in prepare: a sweep's runs are all prepared before the first starts.
+        changed = self._shared_code.checkout(run.code_tar, record.git.commit, run.path / CODE_DIR)
+        if changed is not None:
+            record.warnings.append(f"the shared copy of the code had changed ({changed}); this run got a fresh copy")
         proctree.become_subreaper()  # the program's orphans stay ours to find and stop
         try:
             proc = subprocess.Popen(
