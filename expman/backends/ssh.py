@@ -31,7 +31,8 @@ from ..rundir.layout import RunDir
 from ..rundir.lifecycle import Recorder
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord, RunStatus
-from .base import Execution, Stopping
+from .base import Execution
+from .flow import Stopping
 from .local import ContainerExecution, LocalBackend, container_spec, engine_time, stop_container
 from .remote import RemoteHost, alive_timeout_s, connect
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -66,32 +67,10 @@ def _split(values: list[str]) -> list[str]:
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
     # numpy and pandas are loaded only when a table is made, not for every command
     from ..results.export import render, rich_table
-    from ..results.loader import load_runs
     from ..results.table import build_table
 
     root = runs_root(args)
-    parse = {}
-    for item in args.parse:
-        name, sep, pattern = item.partition("=")
-        if not sep or not name:
-            raise UsageError(f"--parse {item!r}: write NAME=REGEX, e.g. 'acc=Test accuracy: (@float@)'")
-        parse[name] = pattern
-    named = [args.value or "", *args.where]
-    stats = DEFAULT_STATS if args.list or not args.value else scalar_stats_named(named)
-    with Reporter(error_console()).bar("loading runs") as progress:
-        frame = load_runs(
-            root,
-            status=args.status or RunStatus.SUCCEEDED,
-            commit=args.commit,
-            branch=args.branch,
-            where=args.where,
-            scalar_stats=stats,
-            parse=parse or None,
-            keep="all" if args.keep_all_writes else "last",
-            check_crc=not args.no_crc,
-            cache=not args.no_cache,
-            progress=progress,
-        )
+    frame = _load(args, root)
     if frame.empty:
         raise UsageError(
             f"no runs under {root} match; check --status/--commit/--branch/--where ('expman runs' lists runs)"
@@ -119,6 +98,38 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
             f"note: {partial} run(s) had damaged files and were read in part; 'expman table --list' names them"
         )
     return 0
+
+
+def _load(args: argparse.Namespace, root: Path) -> Any:
+    """The runs the table is made of, as a frame."""
+    from ..results.loader import load_runs
+
+    named = [args.value or "", *args.where]
+    stats = DEFAULT_STATS if args.list or not args.value else scalar_stats_named(named)
+    with Reporter(error_console()).bar("loading runs") as progress:
+        return load_runs(
+            root,
+            status=args.status or RunStatus.SUCCEEDED,
+            commit=args.commit,
+            branch=args.branch,
+            where=args.where,
+            scalar_stats=stats,
+            parse=_parse_patterns(args.parse) or None,
+            keep="all" if args.keep_all_writes else "last",
+            check_crc=not args.no_crc,
+            cache=not args.no_cache,
+            progress=progress,
+        )
+
+
+def _parse_patterns(items: list[str]) -> dict[str, str]:
+    parse = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--parse {item!r}: write NAME=REGEX, e.g. 'acc=Test accuracy: (@float@)'")
+        parse[name] = pattern
+    return parse
 
 
 def _list_columns(frame, console: Console) -> int:

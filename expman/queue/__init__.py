@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .dialects import dialect_for
-from .store import Job, JobState, NewJob, Queue, SweepSummary, WorkerInfo
+from .model import Job, JobState, NewJob, SweepSummary, WorkerInfo
+from .store import Queue
 
 QUEUE_VARIABLE = "EXPMAN_QUEUE"
 DEFAULT_FILE = "queue.sqlite"

@@ -19,27 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from ..errors import QueueError
+from . import schema
 from .dialects import Dialect
+from .model import Job, JobState, NewJob, SweepSummary, WorkerInfo
+from .schema import LIVE_STATES
 
-
-class JobState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-LIVE_STATES = (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)  # a key in one of these is not scheduled again
 RETRY_FOR_S = 120.0  # how long a lost connection is reopened, or a held lock waited for, before giving up
 WORKER_TTL_S = 30.0
 DURATIONS_PER_SWEEP = 50  # the latest successes of a sweep that its ETA is taken from
@@ -50,82 +37,6 @@ _JOB_COLUMNS = (
     "id, key, sweep_id, run_id, run_dir, label, priority, state, attempt, max_attempts, lease_s, backoff_s, "
     "not_before, created_at, claimed_at, ended_at, lease_until, worker, cancel_requested, error"
 )
-
-
-@dataclass(frozen=True)
-class NewJob:
-    key: str
-    run_id: str
-    run_dir: str
-    label: str
-    sweep_id: str | None
-    priority: int
-    max_attempts: int
-    lease_s: float
-    backoff_s: float
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    key: str
-    sweep_id: str | None
-    run_id: str
-    run_dir: str
-    label: str
-    priority: int
-    state: JobState
-    attempt: int
-    max_attempts: int
-    lease_s: float
-    backoff_s: float
-    not_before: float | None
-    created_at: float
-    claimed_at: float | None
-    ended_at: float | None
-    lease_until: float | None
-    worker: str | None
-    cancel_requested: int
-    error: str | None
-
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> Job:
-        job = cls(*row)
-        object.__setattr__(job, "state", JobState(job.state))
-        return job
-
-
-@dataclass(frozen=True)
-class SweepSummary:
-    """The jobs of one sweep (``sweep_id`` None: runs scheduled on their own)."""
-
-    sweep_id: str | None
-    counts: dict[str, int]
-    newest_job: int  # the id of its latest job: sweeps sort by it, newest first
-    durations: list[float]  # seconds from claim to end of its latest successes
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def done(self) -> int:
-        return sum(n for state, n in self.counts.items() if JobState(state).is_finished)
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.done
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    id: str
-    host: str
-    pid: int
-    started_at: float
-    heartbeat_at: float
-    job_id: int | None
-    jobs_done: int
 
 
 class Queue:
@@ -235,53 +146,13 @@ class Queue:
         raise QueueError(message) from None
 
     def _create_tables(self) -> None:
-        d = self.dialect
-        exists = self._execute(f"SELECT 1 FROM {self.jobs} LIMIT 0") if self._table_exists() else None
-        if exists is not None:
+        if self._table_exists():
             return
         with self._transaction():
-            if d.name == "postgresql":  # concurrent CREATE IF NOT EXISTS can collide in the catalog
+            if self.dialect.name == "postgresql":  # concurrent CREATE IF NOT EXISTS can collide in the catalog
                 self._execute("SELECT pg_advisory_xact_lock(hashtext(?))", (self.jobs,))
-            self._execute(
-                f"""CREATE TABLE IF NOT EXISTS {self.jobs} (
-                    id {d.id_column},
-                    key TEXT NOT NULL,
-                    sweep_id TEXT,
-                    run_id TEXT NOT NULL,
-                    run_dir TEXT NOT NULL,
-                    label TEXT NOT NULL,
-                    priority INTEGER NOT NULL,
-                    state TEXT NOT NULL,
-                    attempt INTEGER NOT NULL DEFAULT 0,
-                    max_attempts INTEGER NOT NULL,
-                    lease_s DOUBLE PRECISION NOT NULL,
-                    backoff_s DOUBLE PRECISION NOT NULL,
-                    not_before DOUBLE PRECISION,
-                    created_at DOUBLE PRECISION NOT NULL,
-                    claimed_at DOUBLE PRECISION,
-                    ended_at DOUBLE PRECISION,
-                    lease_until DOUBLE PRECISION,
-                    worker TEXT,
-                    cancel_requested INTEGER NOT NULL DEFAULT 0,
-                    error TEXT)"""
-            )
-            live = ", ".join(f"'{s}'" for s in LIVE_STATES)
-            self._execute(
-                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.jobs}_live_key ON {self.jobs} (key) WHERE state IN ({live})"
-            )
-            self._execute(f"CREATE INDEX IF NOT EXISTS {self.jobs}_claim ON {self.jobs} (state, priority DESC, id)")
-            self._execute(f"CREATE INDEX IF NOT EXISTS {self.jobs}_sweep ON {self.jobs} (sweep_id)")
-            self._execute(
-                f"""CREATE TABLE IF NOT EXISTS {self.workers} (
-                    id TEXT PRIMARY KEY,
-                    host TEXT NOT NULL,
-                    pid INTEGER NOT NULL,
-                    started_at DOUBLE PRECISION NOT NULL,
-                    heartbeat_at DOUBLE PRECISION NOT NULL,
-                    alive_until DOUBLE PRECISION NOT NULL,
-                    job_id BIGINT,
-                    jobs_done INTEGER NOT NULL DEFAULT 0)"""
-            )
+            for statement in schema.statements(self.dialect, self.jobs, self.workers):
+                self._execute(statement)
 
     def _table_exists(self) -> bool:
         if self.dialect.name == "sqlite":

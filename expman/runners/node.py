@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import Backend, execute
+from ..backends.base import Backend
+from ..backends.flow import execute
 from ..backends.slurm import parse_signal
 from ..errors import ExpmanError
 from ..hostinfo import hostname
@@ -47,7 +48,6 @@ def main(argv: list[str]) -> int:
     if record.final:
         print(f"run {record.run_id} is already {record.status}; nothing to do", file=sys.stderr)
         return 0
-    begun = time.monotonic()
     record = lifecycle.begin_attempt(
         run,
         utc_now(),
@@ -56,6 +56,13 @@ def main(argv: list[str]) -> int:
         restart_count=int(os.environ.get("SLURM_RESTART_COUNT") or 0),
         node=hostname(),
     )
+    _run_attempt(run, record, forwarded)
+    return 0 if record.status in (RunStatus.SUCCEEDED, RunStatus.QUEUED) else 1
+
+
+def _run_attempt(run: RunDir, record: RunRecord, forwarded: int) -> None:
+    """Prepare and execute this attempt; a failure is recorded and said on stderr."""
+    begun = time.monotonic()
     backend = runtime_backend(record, os.environ)
 
     def interpret(current: RunRecord) -> tuple[RunStatus, str]:
@@ -79,7 +86,6 @@ def main(argv: list[str]) -> int:
         if not record.final:
             Recorder(run).end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
         print(exc.message, file=sys.stderr)
-    return 0 if record.status in (RunStatus.SUCCEEDED, RunStatus.QUEUED) else 1
 
 
 def kill_wait_s() -> float:

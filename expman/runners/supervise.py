@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..backends import make_backend
-from ..backends.base import execute
+from ..backends.flow import execute
 from ..errors import ExpmanError
 from ..rundir.layout import RunDir, utc_now
 from ..rundir.record import RunStatus, load_record

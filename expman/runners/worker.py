@@ -34,7 +34,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from ..backends import make_backend
-from ..backends.base import Backend, execute
+from ..backends.base import Backend
+from ..backends.flow import execute
 from ..errors import (
     BuildError,
     ConfigError,

@@ -70,9 +70,7 @@ def create_runs(
     as any passing state, but syncing the whole filesystem would make a schedule wait for
     everyone else's writes too."""
     specs = run_specs(plan) if specs is None else specs
-    if plan.sweep.collapsed:
-        shown = ", ".join(plan.sweep.duplicates[:5]) + (", ..." if len(plan.sweep.duplicates) > 5 else "")
-        reporter.info(f"sweep: {plan.sweep.collapsed} duplicate combinations collapsed into the first ({shown})")
+    _say_collapsed(plan, reporter)
     template = new_record(plan, backend, argv, clock)
     runs: list[tuple[RunDir, RunRecord]] = []
     for spec in specs:
@@ -97,6 +95,12 @@ def create_runs(
     if len(specs) > MAX_LISTED_RUNS:
         reporter.info(f"{len(specs)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
     return runs
+
+
+def _say_collapsed(plan: Plan, reporter: Reporter) -> None:
+    if plan.sweep.collapsed:
+        shown = ", ".join(plan.sweep.duplicates[:5]) + (", ..." if len(plan.sweep.duplicates) > 5 else "")
+        reporter.info(f"sweep: {plan.sweep.collapsed} duplicate combinations collapsed into the first ({shown})")
 
 
 def _sweep_entry(plan: Plan, combination: Combination) -> dict[str, Any] | None:

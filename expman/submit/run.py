@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..backends import make_backend
-from ..backends.base import Backend, execute
+from ..backends.base import Backend
+from ..backends.flow import execute
 from ..errors import ExpmanError, RunCancelledError
 from ..experiment.plan import Plan
 from ..progress import Reporter
