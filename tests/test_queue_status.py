@@ -162,3 +162,13 @@ def test_status_of_a_new_runs_root_creates_nothing(tmp_path: Path, capsys: Any) 
     code, out, _ = _status(capsys, "--queue", f"sqlite://{path}", "--sweep", "x")
     assert code == 0 and "no queue yet" in out
     assert list(path.parent.iterdir()) == []
+
+
+def test_changing_jobs_of_a_queue_never_made_is_an_error_that_makes_nothing(tmp_path: Path, capsys: Any) -> None:
+    """retry and cancel --sweep change jobs already in a queue: a queue that was never made is
+    one line, and they do not make it."""
+    url = f"sqlite://{tmp_path / 'nowhere' / 'q.sqlite'}"
+    assert main(["retry", "--failed", "--queue", url, "--runs-root", str(tmp_path)]) == 2
+    assert main(["cancel", "--sweep", "abc", "--queue", url, "--runs-root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("no queue at") == 2
+    assert not (tmp_path / "nowhere").exists()

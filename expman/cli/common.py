@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from ..errors import ExpmanError
+from ..errors import ExpmanError, UsageError
 from ..experiment.config import CONFIG_FILE, SECTION
 from ..experiment.git import find_repository
 from ..queue import Queue, open_queue, queue_url
@@ -87,6 +87,16 @@ def runs_root(args: argparse.Namespace) -> Path:
 
 def open_queue_of(args: argparse.Namespace, root: Path) -> Queue:
     return open_queue(queue_url(args.queue, root, os.environ))
+
+
+def existing_queue(url: str) -> Queue:
+    """The queue at ``url``, to change jobs already in it: one that was never made is an error,
+    and is not made."""
+    queue = open_queue(url, create=False)
+    if not queue.exists():
+        queue.close()
+        raise UsageError(f"no queue at {queue.shown} yet; 'expman schedule' makes it (or pass --queue URL)")
+    return queue
 
 
 def emit_json(data: Any) -> None:

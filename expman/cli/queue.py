@@ -25,7 +25,17 @@ from ..experiment.sweep import expand_sweep
 from ..progress import Reporter
 from ..queue import JobState, SweepSummary, WorkerInfo, open_queue, queue_url
 from ..rundir.layout import utc_now
-from .common import Commands, add_queue, add_repo, add_runs_root, emit_json, error_console, open_queue_of, runs_root
+from .common import (
+    Commands,
+    add_queue,
+    add_repo,
+    add_runs_root,
+    emit_json,
+    error_console,
+    existing_queue,
+    open_queue_of,
+    runs_root,
+)
 
 if TYPE_CHECKING:
     from ..experiment.config import ExperimentConfig
@@ -279,7 +289,7 @@ def cmd_retry(args: argparse.Namespace, console: Console) -> int:
 
     if args.attempts < 1:
         raise UsageError(f"--attempts {args.attempts}: give at least 1")
-    queue = open_queue_of(args, runs_root(args))
+    queue = existing_queue(queue_url(args.queue, runs_root(args), os.environ))
     try:
         jobs = retry_failed(queue, args.sweep, args.attempts)
     finally:

@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ..backends import control
 from ..errors import UsageError
-from ..queue import open_queue
+from ..queue import queue_url
 from ..rundir.layout import RunDir, find_run, list_runs
 from ..rundir.record import RunRecord, RunStatus, load_record
 from .common import (
@@ -23,7 +23,7 @@ from .common import (
     add_runs_root,
     add_where,
     emit_json,
-    open_queue_of,
+    existing_queue,
     runs_root,
     scalar_stats_named,
     warn,
@@ -186,7 +186,7 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
     if not args.runs and not args.sweep:
         raise UsageError("name the runs to cancel, or --sweep ID; 'expman runs' and 'expman status' list them")
     if args.sweep:
-        queue = open_queue_of(args, root)
+        queue = existing_queue(queue_url(args.queue, root, os.environ))
         try:
             cancelled, asked = cancel_jobs(queue, sweep_id=args.sweep)
         finally:
@@ -200,7 +200,7 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
     for run in [find_run(root, ref) for ref in args.runs]:
         before = load_record(run)
         if before.queue is not None and not before.final:
-            queue = open_queue(args.queue or before.queue["url"])
+            queue = existing_queue(args.queue or before.queue["url"])
             try:
                 cancelled, asked = cancel_jobs(queue, run_id=run.run_id)
             finally:
