@@ -65,7 +65,7 @@ def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path) -> None
     release.start()
     try:
         assert queue.heartbeat(job) == "ok"
-        queue.worker_beat("w1", job.id, 0)
+        queue.worker_beat("w1")
         assert queue.finish(job, JobState.SUCCEEDED)
     finally:
         release.join()
@@ -82,7 +82,7 @@ def test_a_lock_held_past_every_retry_is_one_queue_error(tmp_path: Path) -> None
     holder = _hold_write_lock(tmp_path / "queue.sqlite")
     try:
         assert queue.claim("w2") is None  # a worker idles while another holds the lock
-        for operation in (lambda: queue.heartbeat(job), lambda: queue.worker_beat("w1", job.id, 0)):
+        for operation in (lambda: queue.heartbeat(job), lambda: queue.worker_beat("w1")):
             with pytest.raises(QueueError) as raised:
                 operation()
             message = _one_line(raised)
@@ -151,7 +151,7 @@ def _fill_and_exercise(queue: Queue, path: Path, small_filesystem: Path) -> None
         "claim": lambda: queue.claim("w2"),
         "finish": lambda: queue.finish(running, JobState.SUCCEEDED),
         "heartbeat": lambda: queue.heartbeat(running),
-        "worker beat": lambda: queue.worker_beat("w1", running.id, 1),
+        "worker beat": lambda: queue.worker_beat("w1"),
     }
     for name, operation in operations.items():
         with pytest.raises(QueueError) as raised:

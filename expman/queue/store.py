@@ -322,12 +322,12 @@ class Queue:
             )
         )
 
-    def worker_beat(self, worker: str, job_id: int | None, jobs_done: int) -> None:
+    def worker_beat(self, worker: str) -> None:
+        """The worker is alive (its job and count are kept by its claims and finishes)."""
         self._run(
             lambda: self._execute(
-                f"""UPDATE {self.workers} SET heartbeat_at = NOW, alive_until = NOW + ?, job_id = ?,
-                    jobs_done = ? WHERE id = ?""",
-                (WORKER_TTL_S, job_id, jobs_done, worker),
+                f"UPDATE {self.workers} SET heartbeat_at = NOW, alive_until = NOW + ? WHERE id = ?",
+                (WORKER_TTL_S, worker),
             )
         )
 

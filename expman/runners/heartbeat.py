@@ -55,7 +55,6 @@ class Heartbeat:
     def __init__(self, url: str, worker_id: str, say: Callable[[str], None]) -> None:
         self.url, self.worker_id, self._say = url, worker_id, say
         self.attempt: Attempt | None = None
-        self.jobs_done = 0
         self._wake, self._closing = threading.Event(), threading.Event()
         self._next_look = 0.0
         self._worker_due = 0.0
@@ -101,7 +100,7 @@ class Heartbeat:
     def _beat(self, queue: Queue, attempt: Attempt | None) -> None:
         now = time.monotonic()
         if now >= self._worker_due:
-            queue.worker_beat(self.worker_id, attempt.job.id if attempt else None, self.jobs_done)
+            queue.worker_beat(self.worker_id)
             self._worker_due = now + WORKER_BEAT_S
         if attempt is None or attempt.settled:
             return

@@ -113,7 +113,6 @@ class Worker:
                     idle_s = FIRST_IDLE_POLL_S
                     self.run_job(job)
                     self._done += 1
-                    self._heartbeat.jobs_done = self._done
                     if self._finisher.error:
                         break
                 except _Interrupted:
