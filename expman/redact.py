@@ -55,13 +55,19 @@ _SECRET_VALUE = re.compile(
 )
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 _MIN_SECRET_LENGTH = 4
+_SHELL_VARIABLES = frozenset({"PWD", "OLDPWD"})  # the working directories, not passwords ("pwd")
+_ABSOLUTE_PATH = re.compile(r"/\S*")
 
 
 class Redactor:
-    """Redacts text given the environment whose secret values must never be written."""
+    """Redacts text given the environment whose secret values must never be written.
+
+    A path stays a path: a secret-named variable whose value is an absolute path (an agent's
+    socket, an X authority file) names where a secret is, it is not one, and replacing it
+    everywhere would blank out every path under it."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        secrets = {v for k, v in environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LENGTH}
+        secrets = {v for k, v in environ.items() if is_secret_name(k) and _may_be_secret(v)}
         # Longest first, so a secret containing another is replaced whole.
         self._secret_values = sorted(secrets, key=len, reverse=True)
 
@@ -84,7 +90,11 @@ class Redactor:
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
+    return name not in _SHELL_VARIABLES and bool(_SECRET_NAME.search(name))
+
+
+def _may_be_secret(value: str) -> bool:
+    return len(value) >= _MIN_SECRET_LENGTH and not _ABSOLUTE_PATH.fullmatch(value)
 
 
 def strip_url_credentials(url: str) -> str:

@@ -30,3 +30,36 @@ def test_remote_urls_lose_credentials():
     assert strip_url_credentials("https://user:ghp_x@github.com/a/b.git") == "https://github.com/a/b.git"
     assert strip_url_credentials("ssh://git@host:22/a.git") == "ssh://host:22/a.git"
     assert strip_url_credentials("git@github.com:a/b.git") == "git@github.com:a/b.git"
+
+
+def test_paths_stay_paths_and_password_abbreviations_still_vanish():
+    """Fault 2: PWD matched "pwd" and the working directory was redacted out of every path."""
+    env = {
+        "PWD": "/home/alice/project",
+        "OLDPWD": "/home/alice",
+        "SSH_AUTH_SOCK": "/tmp/ssh-XXXX/agent.12",
+        "XAUTHORITY": "/home/alice/.Xauthority",
+        "MYSQL_PWD": "hunter22",
+        "DB_PASSWORD": "s3cret-value",
+    }
+    redactor = Redactor(env)
+    text = "runs in /home/alice/project/runs from /home/alice, agent /tmp/ssh-XXXX/agent.12; hunter22 s3cret-value"
+    assert redactor.text(text) == (
+        f"runs in /home/alice/project/runs from /home/alice, agent /tmp/ssh-XXXX/agent.12; {REDACTED} {REDACTED}"
+    )
+
+
+def test_a_run_under_the_working_directory_keeps_its_paths(make_repo, runs_root, monkeypatch):
+    import json
+
+    from expman.cli import main
+
+    from .conftest import only_run
+
+    monkeypatch.setenv("PWD", str(runs_root.parent))
+    repo = make_repo({"backend": "process"}, {"mode": "env"})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    run = only_run(runs_root)
+    assert REDACTED not in (run / "run.json").read_text()
+    printed = json.loads((run / "logs" / "stdout.log").read_text().splitlines()[-1])
+    assert printed["EXPMAN_OUTPUT_DIR"] == str(run / "output")
