@@ -81,3 +81,12 @@ def minimal_record(run_id: str, **resources: Any) -> RunRecord:
             "queued_at": "",
         }
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended: only its exit status is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -15,6 +15,7 @@ import pytest
 from expman import errors
 
 from .conftest import only_run, read_record
+from .helpers import alive
 
 WRAPPED = ["bash", "run.sh"]
 
@@ -78,7 +79,7 @@ def test_no_process_of_the_program_outlives_its_run(backend: str, make_repo: Any
     assert read_record(run)["status"] == "succeeded"
     if backend == "process":  # a container's processes are gone with the container
         grandchild = int((run / "output" / "grandchild.pid").read_text())
-        assert not _alive(grandchild)
+        assert not alive(grandchild)
 
 
 def test_a_timeout_is_not_held_up_by_a_grandchild(backend: str, make_repo: Any, runs_root: Path) -> None:
@@ -89,12 +90,4 @@ def test_a_timeout_is_not_held_up_by_a_grandchild(backend: str, make_repo: Any, 
     run = only_run(runs_root)
     assert read_record(run)["reason"] == "timeout"
     if backend == "process":
-        assert not _alive(int((run / "output" / "grandchild.pid").read_text()))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+        assert not alive(int((run / "output" / "grandchild.pid").read_text()))
