@@ -103,8 +103,10 @@ elif mode == "fill":  # fill the output's disk, then go on printing (as a progra
 with open(os.path.join(out, "results.json"), "w") as f:
     json.dump({"accuracy": 0.9, "uid": os.getuid(), "gid": os.getgid(), "cwd": os.getcwd()}, f)
 """
-WRAPPER = "python3 job.py\n"  # a shell wrapper whose child runs in the foreground (not exec)
-CHECKPOINTED = "trap '' USR1\npython3 job.py\n"  # the same, surviving the checkpoint signal itself
+# A shell wrapper whose child runs in the foreground (not exec). Like a careful one it
+# outlives the signals that reach it, so that the run lasts until its child has ended (a
+# wrapper that dies at a signal ends a container at once, its child with it).
+WRAPPER = "trap 'exit 143' TERM INT\ntrap '' USR1\npython3 job.py\n"
 DOCKERFILE = f"FROM {BASE_IMAGE}\nCOPY requirements.txt /tmp/requirements.txt\nRUN echo v1 > /image-marker\n"
 
 
@@ -164,7 +166,6 @@ def init_repo(path: Path, expman: dict[str, Any] | None = None, job: dict[str, A
             "requirements.txt": "numpy\n",
             "job.py": JOB,
             "run.sh": WRAPPER,
-            "checkpointed.sh": CHECKPOINTED,
             ".gitignore": "*.pyc\n",
         },
         "initial experiment",

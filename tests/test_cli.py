@@ -37,9 +37,10 @@ def three_runs(make_repo: Any, runs_root: Path) -> tuple[Repo, list[Path]]:
     )
     repo.commit(message=SUBJECT)
     assert submit(repo.path) == 0
-    runs = sorted(p for p in runs_root.iterdir() if not p.name.startswith("."))
+    runs = [p for p in runs_root.iterdir() if not p.name.startswith(".")]
     assert len(runs) == 3
-    return repo, runs
+    # in sweep order: runs made within one millisecond sort by the random end of their ids
+    return repo, sorted(runs, key=lambda run: json.loads((run / "run.json").read_text())["sweep"]["index"])
 
 
 def run_cli(console: Console, *argv: str) -> int:

@@ -118,9 +118,7 @@ def test_time_limit_signals_then_records_timeout(slurm_repo, runs_root):
     # Slurm sends --signal up to 60 s before the time asked for: 30 s before a 2-minute limit
     # lands 30-90 s in, always after the program has started.
     repo = slurm_repo(job={"mode": "checkpoint", "seconds": 600}, time="2", signal="USR1@30")
-    # the signal reaches the child of a wrapper script (which, like any shell that is to
-    # survive a checkpoint signal, ignores it)
-    repo.set_expman(command=["bash", "checkpointed.sh"])
+    repo.set_expman(command=["bash", "run.sh"])  # the signal reaches the wrapper's child
     assert main(["submit", "-C", str(repo.path)]) == 0
     (record,) = wait_all(runs_root, {"failed", "succeeded", "cancelled", "lost"}, timeout_s=300)
     assert record["status"] == "failed" and record["reason"] == "timeout"

@@ -200,10 +200,14 @@ def test_remote_timeout_is_enforced_when_the_status_is_read(remote_repo, runs_ro
     """A detached run past its timeout is asked to stop (SIGTERM to every process, a
     wrapper's child included), and recorded as a timeout once it has ended."""
     repo = remote_repo(job={"mode": "signals", "seconds": 120})
-    repo.set_expman(command=["bash", "run.sh"], resources={"timeout": "2s", "kill_grace": "60s"})
+    repo.set_expman(command=["bash", "run.sh"], resources={"timeout": "8s", "kill_grace": "60s"})
     assert submit(repo.path, "--detach") == 0
-    time.sleep(3)
+    run_id = only_run(runs_root).name
     deadline = time.monotonic() + 60
+    while not (only_run(runs_root) / "output" / "ready.txt").exists():  # its signal handlers are set
+        assert time.monotonic() < deadline, "the program never started"
+        assert main(["sync", run_id]) == 0
+        time.sleep(0.5)
     while read_record(only_run(runs_root))["status"] == "running" and time.monotonic() < deadline:
         assert main(["runs"]) == 0
         time.sleep(0.5)
