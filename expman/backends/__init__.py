@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from .base import Backend
+
+if TYPE_CHECKING:
+    from .base import Backend
 
 BACKENDS: dict[str, str] = {
     "local": "local:LocalBackend",

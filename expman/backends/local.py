@@ -9,10 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
 import requests
-from docker.types import DeviceRequest, Mount
 from urllib3.exceptions import HTTPError
 
 from ..errors import ConfigError, LaunchError
@@ -22,6 +19,7 @@ from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord
 from . import engine
 from .base import Backend, Execution
+from .docker_sdk import docker
 
 if TYPE_CHECKING:
     from ..experiment.plan import Plan
@@ -60,7 +58,7 @@ def container_spec(record: RunRecord, output_dir: str, user: str) -> dict[str, A
         "security_opt": ["no-new-privileges"],
         "environment": container_environment(record),
         "labels": {"expman.run_id": record.run_id, "expman.commit": record.git.commit},
-        "mounts": [Mount(target=OUTPUT_PATH, source=output_dir, type="bind", read_only=False)],
+        "mounts": [docker.types.Mount(target=OUTPUT_PATH, source=output_dir, type="bind", read_only=False)],
         "detach": True,
     }
     if res.get("cpus"):
@@ -69,7 +67,7 @@ def container_spec(record: RunRecord, output_dir: str, user: str) -> dict[str, A
         spec["mem_limit"] = res["memory_bytes"]
         spec["memswap_limit"] = res["memory_bytes"]  # no swap: the limit is the limit
     if res.get("gpus"):
-        spec["device_requests"] = [DeviceRequest(count=res["gpus"], capabilities=[["gpu"]])]
+        spec["device_requests"] = [docker.types.DeviceRequest(count=res["gpus"], capabilities=[["gpu"]])]
     return spec
 
 
@@ -234,7 +232,7 @@ class ContainerExecution(Execution):
             exit_code=int(state.get("ExitCode", exit_code)),
             oom_killed=bool(state.get("OOMKilled")),
             peak_memory_bytes=self._peak_memory,
-            duration_s=(finished - started).total_seconds() if started and finished else None,
+            duration_s=max(0.0, (finished - started).total_seconds()) if started and finished else None,
         )
 
     def cleanup(self) -> None:

@@ -22,11 +22,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import docker
 import paramiko
 
 from ..errors import ConfigError, ExpmanError, HostKeyError, RemoteError
 from ..experiment.config import HostSettings, parse_duration
+from .docker_sdk import docker
 from .engine import connect as connect_docker
 
 CONNECT_TIMEOUT_S = 15.0

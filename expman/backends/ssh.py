@@ -19,8 +19,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
 import requests
 
 from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
@@ -32,6 +30,7 @@ from ..rundir.lifecycle import Recorder
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord, RunStatus
 from .base import Execution
+from .docker_sdk import docker
 from .flow import Stopping
 from .local import ContainerExecution, LocalBackend, container_spec, engine_time, stop_container
 from .remote import RemoteHost, alive_timeout_s, connect

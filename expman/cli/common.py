@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
@@ -18,8 +18,10 @@ from rich.console import Console
 from ..errors import ExpmanError, UsageError
 from ..experiment.config import CONFIG_FILE, SECTION
 from ..experiment.git import find_repository
-from ..queue import Queue, open_queue, queue_url
 from ..rundir.layout import resolve_runs_root
+
+if TYPE_CHECKING:
+    from ..queue import Queue
 
 Commands = argparse._SubParsersAction  # type: ignore[type-arg]
 
@@ -86,12 +88,16 @@ def runs_root(args: argparse.Namespace) -> Path:
 
 
 def open_queue_of(args: argparse.Namespace, root: Path) -> Queue:
+    from ..queue import open_queue, queue_url  # here: commands without a queue start faster
+
     return open_queue(queue_url(args.queue, root, os.environ))
 
 
 def existing_queue(url: str) -> Queue:
     """The queue at ``url``, to change jobs already in it: one that was never made is an error,
     and is not made."""
+    from ..queue import open_queue
+
     queue = open_queue(url, create=False)
     if not queue.exists():
         queue.close()

@@ -7,15 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from ..backends import BACKENDS
@@ -23,7 +21,6 @@ from ..errors import ConfigError, UsageError
 from ..experiment.git import find_repository
 from ..experiment.sweep import expand_sweep
 from ..progress import Reporter
-from ..queue import JobState, SweepSummary, WorkerInfo, open_queue, queue_url
 from ..rundir.layout import utc_now
 from .common import (
     Commands,
@@ -39,6 +36,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..experiment.config import ExperimentConfig
+    from ..queue import SweepSummary, WorkerInfo
 
 _SWEEP_ROWS = 20
 
@@ -155,6 +153,7 @@ def cmd_schedule(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, console: Console) -> int:
+    from ..queue import queue_url
     from ..runners.worker import run_workers
 
     if args.jobs < 1:
@@ -164,6 +163,8 @@ def cmd_worker(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    from ..queue import open_queue, queue_url
+
     queue = open_queue(queue_url(args.queue, runs_root(args), os.environ), create=False)
     try:  # a look makes nothing: no queue file on a new runs root
         exists = queue.exists()
@@ -251,8 +252,12 @@ def _counts_of(sweeps: list[SweepSummary]) -> dict[str, int]:
     return dict(sum((Counter(s.counts) for s in sweeps), Counter()))
 
 
-def _progress(counts: Mapping[str, int], eta: float | None) -> tuple[ProgressBar, str, str, str]:
+def _progress(counts: Mapping[str, int], eta: float | None) -> tuple[Any, str, str, str]:
     """A bar, "done/total done", the non-zero counts per state, and the ETA."""
+    from rich.progress_bar import ProgressBar
+
+    from ..queue import JobState
+
     total = sum(counts.values())
     done = sum(counts.get(s, 0) for s in JobState if s.is_finished)
     states = ", ".join(f"{counts[s]} {s}" for s in JobState if counts.get(s))
@@ -263,6 +268,8 @@ def _progress(counts: Mapping[str, int], eta: float | None) -> tuple[ProgressBar
 def _eta(sweep: SweepSummary, workers: int) -> float | None:
     """The median duration of the sweep's own latest successes, times its jobs left, over
     the live workers."""
+    import statistics
+
     if not sweep.remaining:
         return 0.0
     if not sweep.durations or not workers:
@@ -285,6 +292,7 @@ def _clock(seconds: float | None) -> str:
 
 
 def cmd_retry(args: argparse.Namespace, console: Console) -> int:
+    from ..queue import queue_url
     from ..submit.schedule import retry_failed
 
     if args.attempts < 1:

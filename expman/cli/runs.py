@@ -13,7 +13,6 @@ from rich.text import Text
 
 from ..backends import control
 from ..errors import UsageError
-from ..queue import queue_url
 from ..rundir.layout import RunDir, find_run, list_runs
 from ..rundir.record import RunRecord, RunStatus, load_record
 from .common import (
@@ -186,6 +185,8 @@ def cmd_cancel(args: argparse.Namespace, console: Console) -> int:
     if not args.runs and not args.sweep:
         raise UsageError("name the runs to cancel, or --sweep ID; 'expman runs' and 'expman status' list them")
     if args.sweep:
+        from ..queue import queue_url
+
         queue = existing_queue(queue_url(args.queue, root, os.environ))
         try:
             cancelled, asked = cancel_jobs(queue, sweep_id=args.sweep)
