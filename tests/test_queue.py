@@ -107,13 +107,23 @@ class TestQueueContract:
         assert worker.returncode == 0, output
         assert open_queue(queue_url).counts() == {"succeeded": 1}
 
-    def test_a_claim_cut_off_midway_is_all_or_nothing(self, queue_url: str, tmp_path: Path) -> None:
+    @pytest.mark.parametrize(
+        ("hook", "attempt_inside"),
+        [("claim_pause", 0), ("claim_before_commit", 1)],
+        ids=["before-the-update", "before-the-commit"],
+    )
+    def test_a_claim_cut_off_midway_is_all_or_nothing(
+        self, queue_url: str, tmp_path: Path, hook: str, attempt_inside: int
+    ) -> None:
         queue = open_queue(queue_url)
         queue.add(_jobs(1))
         marker = tmp_path / "in-claim"
-        argv = [sys.executable, str(CLIENTS), "claim-once", queue_url, str(marker), "5"]
+        argv = [sys.executable, str(CLIENTS), "claim-once", queue_url, str(marker), "5", hook]
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         _wait(marker.exists, "the claim to reach its pause")
+        assert marker.read_text() == str(attempt_inside)  # the claim's own transaction has (not) updated the row
+        (job,) = queue.jobs_of()
+        assert (job.state, job.attempt, job.worker) == ("pending", 0, None)  # nobody else sees it before its COMMIT
         if queue_url.startswith("postgresql"):  # the server drops the connection; the client reconnects
             killed = queue._execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
