@@ -28,6 +28,11 @@ LEASE = "2s"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_queue_url(request, tmp_path)
+
+
+def new_queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty queue in the database ``request.param`` names (sqlite or postgresql)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'queue.sqlite'}"
     server = request.getfixturevalue("postgres")
@@ -226,9 +231,9 @@ class TestQueueContract:
         assert open_queue(queue_url).counts() == {"pending": 1}
 
 
-def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float) -> Path:
+def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float, lease: str = LEASE) -> Path:
     """One scheduled run of a program that sleeps, with a short lease; its run directory."""
-    repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": seconds})
+    repo = make_repo({"backend": "process", "queue": {"lease": lease}}, {"mode": "sleep", "seconds": seconds})
     assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
     (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
     return run
