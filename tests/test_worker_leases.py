@@ -1,13 +1,16 @@
 """A worker's hold on its job, each mechanism exercised on its own by a real worker process
 against a real queue: the heartbeat keeps the lease of a program that runs several leases
 long; a worker stopped past its lease, whose job another machine took over, stops its own
-program when it comes back and records nothing."""
+program when it comes back and records nothing; a write lock held past the queue's busy
+timeout troubles the heartbeat but costs it neither its life nor the lease."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -17,11 +20,12 @@ from typing import Any
 import pytest
 
 from expman.queue import Job, JobState, Queue, open_queue
+from expman.queue.dialects import SQLiteDialect
 from expman.rundir import lifecycle
 from expman.rundir.layout import RunDir, utc_now
 
 from .conftest import read_record
-from .test_queue import _is_zombie, _schedule_sleeper, _status, _wait, _worker, new_queue_url
+from .test_queue import CLIENTS, _is_zombie, _schedule_sleeper, _status, _wait, _worker, new_queue_url
 
 RIVAL = "a worker on another machine"
 
@@ -127,3 +131,36 @@ def _take_over(url: str, run: Path) -> tuple[Job, Queue]:
 def _gone_while_held(takeover: Queue, taken: Job, pid: int) -> bool:
     assert takeover.heartbeat(taken) == "ok"  # the other machine keeps its lease meanwhile
     return _is_zombie(pid)  # a zombie or no process at all
+
+
+def test_a_lock_held_past_the_busy_timeout_costs_neither_the_heartbeat_nor_the_lease(
+    make_repo: Any, runs_root: Path, tmp_path: Path
+) -> None:
+    """Fault 9, the worker's half: a second connection holds SQLite's write lock until the
+    worker's heartbeat has given up on it (a 0.5 s busy timeout, retried for 1 s: expman has
+    no setting for either, so tests/queue_clients.py runs the worker with them), then lets
+    go; the lease (8 s) outlives the trouble, and the job runs once."""
+    path = tmp_path / "queue.sqlite"
+    url = f"sqlite://{path}"
+    run = _schedule_sleeper(make_repo, runs_root, url, seconds=20, lease="8s")
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        argv = [sys.executable, str(CLIENTS), "worker", url, "0.5", "1"]
+        worker = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    program: list[int] = []
+    with _leftovers_ended(worker, program):
+        program.append(_running_program(run))
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            _wait(lambda: "heartbeat:" in log.read_text(), "the heartbeat to give up on the held lock")
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        rival = Queue(SQLiteDialect(path, "expman", busy_timeout_s=0.05))
+        _claims_nothing_until_exit(rival, worker)
+    assert worker.returncode == 0, log.read_text()
+    said = [line.split(" ", 1)[1] for line in log.read_text().splitlines() if "heartbeat:" in line]
+    assert len(said) == 2 and "stayed locked" in said[0], said
+    assert said[1] == "heartbeat: the queue answers again", said
+    _ran_once(url, run)
