@@ -28,6 +28,11 @@ LEASE = "2s"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return new_queue_url(request, tmp_path)
+
+
+def new_queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty queue in the database ``request.param`` names (sqlite or postgresql)."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'queue.sqlite'}"
     server = request.getfixturevalue("postgres")
@@ -107,13 +112,23 @@ class TestQueueContract:
         assert worker.returncode == 0, output
         assert open_queue(queue_url).counts() == {"succeeded": 1}
 
-    def test_a_claim_cut_off_midway_is_all_or_nothing(self, queue_url: str, tmp_path: Path) -> None:
+    @pytest.mark.parametrize(
+        ("hook", "attempt_inside"),
+        [("claim_pause", 0), ("claim_before_commit", 1)],
+        ids=["before-the-update", "before-the-commit"],
+    )
+    def test_a_claim_cut_off_midway_is_all_or_nothing(
+        self, queue_url: str, tmp_path: Path, hook: str, attempt_inside: int
+    ) -> None:
         queue = open_queue(queue_url)
         queue.add(_jobs(1))
         marker = tmp_path / "in-claim"
-        argv = [sys.executable, str(CLIENTS), "claim-once", queue_url, str(marker), "5"]
+        argv = [sys.executable, str(CLIENTS), "claim-once", queue_url, str(marker), "5", hook]
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         _wait(marker.exists, "the claim to reach its pause")
+        assert marker.read_text() == str(attempt_inside)  # the claim's own transaction has (not) updated the row
+        (job,) = queue.jobs_of()
+        assert (job.state, job.attempt, job.worker) == ("pending", 0, None)  # nobody else sees it before its COMMIT
         if queue_url.startswith("postgresql"):  # the server drops the connection; the client reconnects
             killed = queue._execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
@@ -216,9 +231,9 @@ class TestQueueContract:
         assert open_queue(queue_url).counts() == {"pending": 1}
 
 
-def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float) -> Path:
+def _schedule_sleeper(make_repo: Any, runs_root: Path, url: str, seconds: float, lease: str = LEASE) -> Path:
     """One scheduled run of a program that sleeps, with a short lease; its run directory."""
-    repo = make_repo({"backend": "process", "queue": {"lease": LEASE}}, {"mode": "sleep", "seconds": seconds})
+    repo = make_repo({"backend": "process", "queue": {"lease": lease}}, {"mode": "sleep", "seconds": seconds})
     assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
     (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
     return run

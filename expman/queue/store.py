@@ -59,6 +59,7 @@ class Queue:
         self.retry_for_s = retry_for_s
         # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
         self.claim_pause: Callable[[], None] | None = None
+        self.claim_before_commit: Callable[[], None] = lambda: None  # tests cut a claim off after its UPDATE
         self._create = create
         self._conn: Any = None
         if create:
@@ -243,6 +244,7 @@ class Queue:
                     (JobState.RUNNING, worker, row[0]),
                 ).fetchone()
                 self._execute(f"UPDATE {self.workers} SET job_id = ? WHERE id = ?", (row[0], worker))
+                self.claim_before_commit()
             return Job.from_row(claimed)
 
         return self._run(attempt, on_busy=lambda: None)
