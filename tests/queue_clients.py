@@ -6,9 +6,6 @@ queue_clients.py claim-once URL MARKER PAUSE_S HOOK
     between its UPDATE and COMMIT), writes to MARKER the job's attempt as its own transaction sees
     it there, and then waits PAUSE_S (the test kills the connection or the process meanwhile);
     prints "job-id attempt"
-queue_clients.py worker URL BUSY_TIMEOUT_S RETRY_FOR_S
-    ``expman worker`` on a SQLite queue whose connections (its own and its heartbeat's) wait for a
-    held lock BUSY_TIMEOUT_S per statement and RETRY_FOR_S in all: expman has no setting for either
 """
 
 from __future__ import annotations
@@ -18,10 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from expman.queue import JobState, Queue, open_queue
-from expman.queue.dialects import SQLiteDialect, dialect_for
-from expman.runners import heartbeat as heartbeat_module
-from expman.runners import worker as worker_module
+from expman.queue import JobState, open_queue
 
 
 def claim_all(url: str, out: str, pause_s: str) -> None:
@@ -57,17 +51,6 @@ def claim_once(url: str, marker: str, pause_s: str, hook: str) -> None:
     print(f"{job.id} {job.attempt}" if job else "none", flush=True)
 
 
-def run_worker(url: str, busy_timeout_s: str, retry_for_s: str) -> None:
-    def open_short_queue(url: str, application_name: str = "expman", create: bool = True) -> Queue:
-        dialect = dialect_for(url)
-        assert isinstance(dialect, SQLiteDialect)
-        dialect.busy_timeout_s = float(busy_timeout_s)
-        return Queue(dialect, application_name, create=create, retry_for_s=float(retry_for_s))
-
-    worker_module.open_queue = heartbeat_module.open_queue = open_short_queue
-    worker_module.Worker(url, os.environ).run()
-
-
 if __name__ == "__main__":
-    commands = {"claim": claim_all, "claim-once": claim_once, "worker": run_worker}
+    commands = {"claim": claim_all, "claim-once": claim_once}
     commands[sys.argv[1]](*sys.argv[2:])

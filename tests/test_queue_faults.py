@@ -22,7 +22,6 @@ import pytest
 from expman.cli import main
 from expman.errors import QueueError
 from expman.queue import JobState, NewJob, Queue, open_queue
-from expman.queue.dialects import SQLiteDialect, dialect_for
 from expman.queue.filesystems import network_filesystem
 
 from .conftest import AWKWARD, require
@@ -49,8 +48,8 @@ def _one_line(exc: pytest.ExceptionInfo[QueueError]) -> str:
 
 
 def _short_busy_queue(path: Path, retry_for_s: float) -> Queue:
-    """A queue whose busy timeout is 50 ms."""
-    return Queue(SQLiteDialect(path, "expman", busy_timeout_s=0.05), retry_for_s=retry_for_s)
+    """A queue whose busy timeout is 50 ms (the URL's options)."""
+    return open_queue(f"sqlite://{path}?busy_timeout=0.05&retry_for={retry_for_s}")
 
 
 def test_a_lock_held_past_the_busy_timeout_is_waited_out(tmp_path: Path) -> None:
@@ -192,7 +191,7 @@ def test_a_full_postgresql_queue_is_one_line_not_a_lost_connection(
     postgres_on_small_filesystem: tuple[str, Path],
 ) -> None:
     url, mount = postgres_on_small_filesystem
-    queue = Queue(dialect_for(url), retry_for_s=1.0)
+    queue = open_queue(f"{url}?retry_for=1")
     try:
         queue.add(_jobs("a"))
         filler = _fill(mount)
@@ -261,3 +260,11 @@ def test_a_sqlite_queue_on_a_network_filesystem_is_refused(
     err = capsys.readouterr().err
     assert err.count("network filesystem") == 2 and "postgresql://" in err
     assert not (sshfs_mount / "runs" / "queue.sqlite").exists()
+
+
+def test_a_bad_wait_in_the_queue_url_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from expman.cli import main
+
+    url = f"sqlite://{tmp_path / 'q.sqlite'}?busy_timeout=soon"
+    assert main(["status", "--queue", url, "--runs-root", str(tmp_path)]) == 28
+    assert "busy_timeout='soon': give a number of seconds" in capsys.readouterr().err

@@ -25,7 +25,7 @@ from expman.rundir import lifecycle
 from expman.rundir.layout import RunDir, utc_now
 
 from .conftest import read_record
-from .test_queue import CLIENTS, _is_zombie, _schedule_sleeper, _status, _wait, _worker, new_queue_url
+from .test_queue import _is_zombie, _schedule_sleeper, _status, _wait, _worker, new_queue_url
 
 RIVAL = "a worker on another machine"
 
@@ -137,15 +137,14 @@ def test_a_lock_held_past_the_busy_timeout_costs_neither_the_heartbeat_nor_the_l
     make_repo: Any, runs_root: Path, tmp_path: Path
 ) -> None:
     """Fault 9, the worker's half: a second connection holds SQLite's write lock until the
-    worker's heartbeat has given up on it (a 0.5 s busy timeout, retried for 1 s: expman has
-    no setting for either, so tests/queue_clients.py runs the worker with them), then lets
-    go; the lease (8 s) outlives the trouble, and the job runs once."""
+    worker's heartbeat has given up on it (a 0.5 s busy timeout, retried for 1 s: the queue
+    URL's options), then lets go; the lease (8 s) outlives the trouble, and the job runs once."""
     path = tmp_path / "queue.sqlite"
-    url = f"sqlite://{path}"
+    url = f"sqlite://{path}?busy_timeout=0.5&retry_for=1"
     run = _schedule_sleeper(make_repo, runs_root, url, seconds=20, lease="8s")
     log = tmp_path / "worker.log"
     with open(log, "w") as out:
-        argv = [sys.executable, str(CLIENTS), "worker", url, "0.5", "1"]
+        argv = [sys.executable, "-m", "expman", "worker", "--queue", url]
         worker = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     program: list[int] = []
     with _leftovers_ended(worker, program):

@@ -10,6 +10,9 @@ Queue URLs:
 
 ``?table=NAME`` picks the tables' name prefix (default ``expman``); it is validated, as
 it is the only name that reaches SQL text. Every value is a bound parameter.
+``?busy_timeout=S`` (SQLite, default 30) is how long one statement waits for a lock held by
+another process; ``?retry_for=S`` (default 120) how long a held lock or a lost connection
+is waited out, in all, before one line says so.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import re
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import QueueError
 from .filesystems import network_filesystem
@@ -26,6 +29,7 @@ from .filesystems import network_filesystem
 DEFAULT_PREFIX = "expman"
 _PREFIX = re.compile(r"[a-z][a-z0-9_]{0,39}")
 SQLITE_BUSY_TIMEOUT_S = 30.0
+RETRY_FOR_S = 120.0
 PG_CONNECT_TIMEOUT_S = 10
 
 
@@ -39,6 +43,8 @@ class Dialect:
     def __init__(self, shown: str, prefix: str) -> None:
         self.shown = shown  # the URL without any password, for messages and records
         self.prefix = prefix
+        # how long a lost connection is reopened, or a held lock waited for, before giving up
+        self.retry_for_s = RETRY_FOR_S
 
     def connect(self, application_name: str, create: bool = True) -> Any:
         """A connection; with ``create`` false, one that makes no database file."""
@@ -192,6 +198,25 @@ def dialect_for(url: str) -> Dialect:
             f"queue table name {prefix!r} is not allowed; use 1-40 lowercase letters, digits and _, starting "
             "with a letter"
         )
+    waits = {name: _seconds(name, query.pop(name)) for name in ("busy_timeout", "retry_for") if name in query}
+    dialect = _dialect(url, parts, query, prefix)
+    dialect.retry_for_s = waits.get("retry_for", dialect.retry_for_s)
+    if isinstance(dialect, SQLiteDialect):
+        dialect.busy_timeout_s = waits.get("busy_timeout", dialect.busy_timeout_s)
+    return dialect
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1e6:
+        raise QueueError(f"queue URL option {name}={text!r}: give a number of seconds, e.g. {name}=30")
+    return value
+
+
+def _dialect(url: str, parts: SplitResult, query: dict[str, str], prefix: str) -> Dialect:
     if parts.scheme in ("postgresql", "postgres"):
         if "password" in query or parts.password:
             raise QueueError(

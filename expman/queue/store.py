@@ -27,7 +27,6 @@ from .dialects import Dialect
 from .model import Job, JobState, NewJob, SweepSummary, WorkerInfo
 from .schema import LIVE_STATES
 
-RETRY_FOR_S = 120.0  # how long a lost connection is reopened, or a held lock waited for, before giving up
 WORKER_TTL_S = 30.0
 DURATIONS_PER_SWEEP = 50  # the latest successes of a sweep that its ETA is taken from
 
@@ -50,13 +49,12 @@ class Queue:
         dialect: Dialect,
         application_name: str = "expman",
         create: bool = True,
-        retry_for_s: float = RETRY_FOR_S,
     ) -> None:
         self.dialect = dialect
         self.application_name = application_name
         self.jobs = f"{dialect.prefix}_jobs"
         self.workers = f"{dialect.prefix}_workers"
-        self.retry_for_s = retry_for_s
+        self.retry_for_s = dialect.retry_for_s
         # Called between a claim's SELECT and its UPDATE; tests widen the race window with it.
         self.claim_pause: Callable[[], None] | None = None
         self.claim_before_commit: Callable[[], None] = lambda: None  # tests cut a claim off after its UPDATE
