@@ -7,6 +7,7 @@ the exact values of this environment's secret-named variables replaced.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -62,9 +63,10 @@ _ABSOLUTE_PATH = re.compile(r"/\S*")
 class Redactor:
     """Redacts text given the environment whose secret values must never be written.
 
-    A path stays a path: a secret-named variable whose value is an absolute path (an agent's
-    socket, an X authority file) names where a secret is, it is not one, and replacing it
-    everywhere would blank out every path under it."""
+    A path stays a path: a secret-named variable whose value is an absolute path that exists
+    here (an agent's socket, an X authority file) names where a secret is, it is not one, and
+    replacing it everywhere would blank out every path under it. A value that only looks like
+    a path (a base64 key may begin with "/") is still a secret."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         secrets = {v for k, v in environ.items() if is_secret_name(k) and _may_be_secret(v)}
@@ -94,7 +96,7 @@ def is_secret_name(name: str) -> bool:
 
 
 def _may_be_secret(value: str) -> bool:
-    return len(value) >= _MIN_SECRET_LENGTH and not _ABSOLUTE_PATH.fullmatch(value)
+    return len(value) >= _MIN_SECRET_LENGTH and not (_ABSOLUTE_PATH.fullmatch(value) and os.path.exists(value))
 
 
 def strip_url_credentials(url: str) -> str:

@@ -32,20 +32,21 @@ def test_remote_urls_lose_credentials():
     assert strip_url_credentials("git@github.com:a/b.git") == "git@github.com:a/b.git"
 
 
-def test_paths_stay_paths_and_password_abbreviations_still_vanish():
+def test_paths_stay_paths_and_password_abbreviations_still_vanish(tmp_path):
     """Fault 2: PWD matched "pwd" and the working directory was redacted out of every path."""
+    agent = tmp_path / "agent.12"
+    agent.touch()
     env = {
         "PWD": "/home/alice/project",
         "OLDPWD": "/home/alice",
-        "SSH_AUTH_SOCK": "/tmp/ssh-XXXX/agent.12",
-        "XAUTHORITY": "/home/alice/.Xauthority",
+        "SSH_AUTH_SOCK": str(agent),
         "MYSQL_PWD": "hunter22",
         "DB_PASSWORD": "s3cret-value",
     }
     redactor = Redactor(env)
-    text = "runs in /home/alice/project/runs from /home/alice, agent /tmp/ssh-XXXX/agent.12; hunter22 s3cret-value"
+    text = f"runs in /home/alice/project/runs from /home/alice, agent {agent}; hunter22 s3cret-value"
     assert redactor.text(text) == (
-        f"runs in /home/alice/project/runs from /home/alice, agent /tmp/ssh-XXXX/agent.12; {REDACTED} {REDACTED}"
+        f"runs in /home/alice/project/runs from /home/alice, agent {agent}; {REDACTED} {REDACTED}"
     )
 
 
@@ -63,3 +64,10 @@ def test_a_run_under_the_working_directory_keeps_its_paths(make_repo, runs_root,
     assert REDACTED not in (run / "run.json").read_text()
     printed = json.loads((run / "logs" / "stdout.log").read_text().splitlines()[-1])
     assert printed["EXPMAN_OUTPUT_DIR"] == str(run / "output")
+
+
+def test_a_secret_that_starts_with_a_slash_still_vanishes():
+    """Only a path that exists here is kept as a path: base64 keys may begin with "/"."""
+    env = {"AWS_SECRET_ACCESS_KEY": "/Zk3aB9xQ2mN8pL4rT6v", "DB_PASSWORD": "/hunter22", "SSH_AUTH_SOCK": "/tmp"}
+    text = Redactor(env).text("key /Zk3aB9xQ2mN8pL4rT6v pw /hunter22 sock /tmp")
+    assert text == f"key {REDACTED} pw {REDACTED} sock /tmp"
