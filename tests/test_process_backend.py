@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 from expman import errors
 from expman.cli import main
 
 from .conftest import only_run, read_record
-from .helpers import cancel_with_ctrl_c, submit, wait_for_status
+from .helpers import alive, cancel_with_ctrl_c, submit, wait_for_status
 
 
 def test_successful_run_record_and_outputs(make_repo, runs_root, capfd):
@@ -73,3 +74,49 @@ def test_detach_then_logs_and_runs(make_repo, runs_root, capsys):
 def test_unknown_run_is_a_clear_error(runs_root, capsys):
     assert main(["show", "nope"]) == errors.RunNotFoundError.exit_code
     assert "expman runs" in capsys.readouterr().err
+
+
+def test_a_run_cancelled_while_it_waits_in_a_sweep_never_starts(make_repo, runs_root):
+    """``expman cancel`` of a run that a foreground sweep has not reached yet: the sweep
+    passes it over, and its record stays cancelled."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [1, 2]}}, {"mode": "sleep", "seconds": 3})
+    env = {**os.environ, "EXPMAN_RUNS_ROOT": str(runs_root)}
+    argv = [sys.executable, "-m", "expman", "submit", "-C", str(repo.path)]
+    follower = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len([r for r in _records(runs_root) if r["status"] == "running"]) < 1:
+        assert time.monotonic() < deadline and follower.poll() is None, "the first run never started"
+        time.sleep(0.1)
+    (waiting,) = [r for r in _records(runs_root) if r["status"] == "queued"]
+    assert main(["cancel", waiting["run_id"]]) == 0
+    follower.communicate(timeout=120)
+    statuses = {r["run_id"]: r["status"] for r in _records(runs_root)}
+    assert statuses[waiting["run_id"]] == "cancelled" and list(statuses.values()).count("succeeded") == 1
+    assert not (runs_root / waiting["run_id"] / "logs" / "stdout.log").exists()
+
+
+def test_cancelling_a_run_followed_on_another_host_is_refused_there(make_repo, runs_root, capsys):
+    repo = make_repo(job={"mode": "sleep", "seconds": 60})
+    assert submit(repo.path, "--backend", "process", "--detach") == 0
+    run = only_run(runs_root)
+    record = read_record(run)
+    pid = record["supervisor"]["pid"]
+    record["supervisor"]["host"] = "elsewhere"  # as if followed on another machine
+    (run / "run.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["cancel", run.name]) == errors.UsageError.exit_code
+    assert "on elsewhere" in capsys.readouterr().err
+    assert read_record(run)["status"] == "running" and alive(pid)  # nothing here was signalled
+    record["supervisor"]["host"] = os.uname().nodename
+    (run / "run.json").write_text(json.dumps(record))
+    assert main(["cancel", run.name]) == 0
+    assert read_record(run)["status"] == "cancelled"
+
+
+def _records(root):
+    return [read_record(p) for p in root.iterdir() if (p / "run.json").exists()] if root.exists() else []

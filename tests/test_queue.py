@@ -424,3 +424,17 @@ def test_a_cancel_stops_a_short_running_job_before_it_ends(make_repo: Any, runs_
     assert (run / "output" / "signals.txt").read_text().split()[1] == "SIGTERM"
     (job,) = open_queue(url).jobs_of()
     assert job.state == "cancelled"
+
+
+def test_a_damaged_run_directory_fails_its_job_not_the_worker(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}"
+    repo = make_repo({"backend": "process", "sweep": {"train.train_seed": [1, 2]}})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    damaged, intact = sorted(p for p in runs_root.iterdir() if (p / "run.json").exists())
+    (damaged / "run.json").write_text("{ not json")
+    worker = _worker(url, dict(os.environ))
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0 and "Traceback" not in output, output
+    states = {job.run_id: (job.state, job.error) for job in open_queue(url).jobs_of()}
+    assert states[damaged.name][0] == "failed" and "cannot read" in states[damaged.name][1]
+    assert states[intact.name][0] == "succeeded" and _status(intact) == "succeeded"

@@ -54,3 +54,31 @@ def test_find_run_by_unique_prefix(tmp_path):
         find_run(tmp_path, "20260101-000000-000-aa")
     with pytest.raises(RunNotFoundError):
         find_run(tmp_path, "2027")
+
+
+def test_runs_made_in_one_millisecond_sort_in_the_order_they_were_made(tmp_path):
+    """Run ids sort by time; within one process, ids made in the same millisecond too."""
+    instant = datetime(2026, 1, 1, 9, 0, 0, 1000, tzinfo=UTC)
+    made = [create_run_dir(tmp_path, clock=lambda: instant).run_id for _ in range(20)]
+    assert sorted(made) == made
+
+
+def test_how_a_run_ended_is_not_changed_by_a_later_write(tmp_path):
+    """A follower that missed a cancel cannot record the run running again, nor as
+    something else; a new attempt (or a retry) reopens it."""
+    from expman.errors import RecordError
+    from expman.rundir import lifecycle
+    from expman.rundir.layout import utc_now
+    from expman.rundir.record import RunStatus, load_record
+
+    from .helpers import minimal_record
+
+    run = create_run_dir(tmp_path)
+    stale = minimal_record(run.run_id)
+    lifecycle.create(run, stale)
+    lifecycle.end_if_not_final(run, utc_now(), lambda current: (RunStatus.CANCELLED, "cancelled by user"))
+    stale.mark_running(utc_now(), "here")
+    with pytest.raises(RecordError, match="already ended"):
+        lifecycle.save(run, stale)
+    assert load_record(run).status == RunStatus.CANCELLED
+    assert lifecycle.begin_attempt(run, utc_now()).status == RunStatus.QUEUED

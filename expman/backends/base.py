@@ -24,7 +24,7 @@ from pathlib import Path
 from signal import SIGKILL, SIGTERM
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ExpmanError, LaunchError
+from ..errors import ExpmanError, LaunchError, UsageError
 from ..hostinfo import hostname
 from ..redact import Redactor
 from ..rundir import lifecycle
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..experiment.plan import Plan
     from ..progress import Reporter
 
-CANCEL_WAIT_S = 60.0
+CANCEL_MARGIN_S = 30.0  # beyond the program's kill grace, for the follower to record the end
 DETACH_START_TIMEOUT_S = 120.0
 
 
@@ -167,11 +167,17 @@ class Backend(abc.ABC):
         return []
 
     def cancel(self, run: RunDir, record: RunRecord) -> RunRecord:
-        """Stop the run and record it as cancelled."""
-        pid = (record.supervisor or {}).get("pid")
-        if pid and not _supervisor_gone(record):
-            os.kill(pid, signal.SIGTERM)  # its execute() stops the run and records it
-            deadline = time.monotonic() + CANCEL_WAIT_S
+        """Stop the run and record it as cancelled: through the process that follows it, when
+        that runs here; a run followed on another host is cancelled there."""
+        supervisor = record.supervisor or {}
+        if supervisor.get("pid") and supervisor.get("host") != hostname():
+            raise UsageError(
+                f"run {record.run_id} is followed by a process on {supervisor.get('host')}; "
+                f"run 'expman cancel {record.run_id}' there"
+            )
+        if _supervisor_alive(record) and _signal(supervisor["pid"], signal.SIGTERM):
+            # its execute() stops the program (asking first, then killing after the grace) and records it
+            deadline = time.monotonic() + float(record.resources.get("kill_grace_s") or 30.0) + CANCEL_MARGIN_S
             while time.monotonic() < deadline:
                 record = load_record(run)
                 if record.final:
@@ -201,13 +207,27 @@ def _lost_if_running(record: RunRecord) -> tuple[RunStatus, str] | None:
 def _supervisor_gone(record: RunRecord) -> bool:
     """True when the run's following process was on this host and no longer exists."""
     supervisor = record.supervisor or {}
+    return supervisor.get("host") == hostname() and bool(supervisor.get("pid")) and not _supervisor_alive(record)
+
+
+def _supervisor_alive(record: RunRecord) -> bool:
+    """True when the run's following process is on this host and still an expman process
+    (not another process that was given its pid since)."""
+    supervisor = record.supervisor or {}
     if supervisor.get("host") != hostname() or not supervisor.get("pid"):
         return False
     try:
-        cmdline = Path(f"/proc/{supervisor['pid']}/cmdline").read_bytes()
+        return b"expman" in Path(f"/proc/{supervisor['pid']}/cmdline").read_bytes()
     except OSError:
-        return True
-    return b"expman" not in cmdline
+        return False
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def start_supervisor(run: RunDir, environ: Mapping[str, str]) -> RunRecord:

@@ -26,6 +26,7 @@ from .base import Backend, Execution
 DEFAULT_KILL_GRACE_S = 30.0
 RUNNING_RECORD_AFTER_S = 1.0
 WATCH_S = 1.0  # how often a wait looks whether the run's logs and record can still be written
+_BY_USER = "cancelled by user"
 # What a SIGTERM/SIGINT means, as (status, reason); a Slurm node tells timeouts and requeues apart.
 Interpretation = Callable[[RunRecord], tuple[RunStatus, str]]
 
@@ -78,6 +79,7 @@ def execute(
     the program is stopped and the error passed on.
     """
     recorder = recorder or Recorder(run)
+    why = interpret or _cancelled_by_user
     reserve_space(run.path.parent)
     sink = LogSink(run, backend.redactor, echo)
     switch = _CancelSwitch()
@@ -85,12 +87,12 @@ def execute(
     execution = None
     record.supervisor = {"pid": os.getpid(), "host": hostname()}
     try:
-        execution = _start(backend, run, record, sink, switch, recorder, clock)
+        execution = _start(backend, run, record, sink, switch, recorder, clock, why)
         if execution is None:
             return record
         previous.update(_install_forwarders(forward, execution))
         stopping = Stopping.of(record, max_grace_s, checkpoint_signal)
-        status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, interpret, sink)
+        status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, why, sink)
         end = execution.end_state(exit_code)
         if status == RunStatus.FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
@@ -112,8 +114,10 @@ def _start(
     switch: _CancelSwitch,
     recorder: Recorder,
     clock: Clock,
+    why: Interpretation,
 ) -> Execution | None:
-    """The started execution, now recorded running; None when cancelled before it started."""
+    """The started execution, now recorded running; None when stopped before it started (as
+    ``why`` says: cancelled, or back to the queue when a worker or node goes away)."""
     try:
         with switch.armed():
             execution = backend.start(run, record, sink)
@@ -121,7 +125,8 @@ def _start(
         recorder.end(record, RunStatus.FAILED, clock(), reason=f"start failed: {exc.message}")
         raise
     except Cancelled:
-        recorder.end(record, RunStatus.CANCELLED, clock(), reason="cancelled by user before start")
+        status, reason = why(record)
+        recorder.end(record, status, clock(), reason=f"{reason} before start" if reason == _BY_USER else reason)
         return None
     record.mark_running(clock(), backend.execution_host)
     return execution
@@ -133,7 +138,7 @@ def _follow(
     switch: _CancelSwitch,
     recorder: Recorder,
     stopping: Stopping,
-    interpret: Interpretation | None,
+    why: Interpretation,
     sink: LogSink,
 ) -> tuple[RunStatus, str | None, int]:
     """Wait for the end; the record says "running" once the program has run a while. A run
@@ -151,9 +156,6 @@ def _follow(
 
     def failure() -> str | None:
         return trouble[0] if trouble else sink.failure
-
-    def why(current: RunRecord) -> tuple[RunStatus, str]:
-        return interpret(current) if interpret is not None else (RunStatus.CANCELLED, "cancelled by user")
 
     try:
         return _wait(execution, record, switch, announce, failure, stopping, why)
@@ -208,6 +210,10 @@ def _wait_watching(execution: Execution, timeout_s: float | None, failure: Calla
             return exit_code
         if deadline is not None and time.monotonic() >= deadline:
             return None
+
+
+def _cancelled_by_user(record: RunRecord) -> tuple[RunStatus, str]:
+    return RunStatus.CANCELLED, _BY_USER
 
 
 def _wait_uninterrupted(execution: Execution) -> int:

@@ -98,14 +98,9 @@ class ProcessBackend(Backend):
         return ProcessExecution(proc, sink, record.run_id)
 
     def stop_orphan(self, record: RunRecord) -> None:
-        """What an earlier attempt of the run left running on this host (its follower died)."""
-        leftovers = proctree.find_by_run(record.run_id)
-        proctree.signal_all(leftovers, signal.SIGKILL)
-        if record.pid:
-            try:
-                os.killpg(record.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        """What an earlier attempt of the run left running on this host (its follower died),
+        found by the run id in its environment: its pid may belong to another process by now."""
+        proctree.signal_all(proctree.find_by_run(record.run_id), signal.SIGKILL)
 
 
 class ProcessExecution(Execution):
@@ -120,8 +115,8 @@ class ProcessExecution(Execution):
 
     def __init__(self, proc: subprocess.Popen[bytes], sink: LogSink, run_id: str) -> None:
         self._proc, self._sink, self._run_id = proc, sink, run_id
-        self._status: tuple[int, Any] | None = None
-        self._peeked: os.waitid_result | None = None
+        self._status: tuple[int, Any] | None = None  # wait status, and resource usage once reaped
+        self._seen: set[int] = set()  # processes of the program seen after its first process ended
         self._started, self._ended = time.monotonic(), 0.0
         self._drain_until: float | None = None
         self._grace_until: float | None = None
@@ -163,48 +158,62 @@ class ProcessExecution(Execution):
 
     def _output_done(self) -> bool:
         """After the first process ended: the rest of the program is stopped, and its output
-        read to the end (or for DRAIN_S, if something unkillable keeps a pipe open)."""
+        read to the end (or for DRAIN_S, if something unkillable keeps a pipe open); then the
+        first process is reaped (kept until now, so that its pid and group cannot be given to
+        another process while the rest of the program is looked for)."""
         if self._grace_until is not None and time.monotonic() < self._grace_until:
-            if proctree.run_processes(self._proc.pid, self._run_id):
+            if self._leftovers():
                 return False
         if self._drain_until is None:
             self._drain_until = time.monotonic() + DRAIN_S
             self._end_leftovers()
-        if self._pipes_closed():
-            return True
-        if time.monotonic() < self._drain_until:
-            return False
-        self._close_pipes()
+        if not self._pipes_closed():
+            if time.monotonic() < self._drain_until:
+                return False
+            self._close_pipes()
+        self._collect()
         return True
 
+    def _leftovers(self) -> set[int]:
+        found = proctree.run_processes(self._proc.pid, self._run_id) - {self._proc.pid}
+        self._seen |= found
+        return found
+
     def _end_leftovers(self) -> None:
+        """Kill what is left of the program and reap those of it that are this process's
+        children by now (orphans it adopted as their subreaper)."""
         deadline = time.monotonic() + DRAIN_S
-        while (left := proctree.run_processes(self._proc.pid, self._run_id)) and time.monotonic() < deadline:
+        while (left := self._leftovers()) and time.monotonic() < deadline:
             proctree.signal_all(left, signal.SIGKILL)
-            proctree.reap(left)
             time.sleep(_POLL_S / 5)
+            proctree.reap(self._seen)
+        proctree.reap(self._seen)
 
     def _reap(self) -> None:
-        """Keep the first process's end. Its status is first read without reaping (WNOWAIT):
-        a cancel arriving as the reaping wait4 returns (its Python handler raises between
-        two bytecodes, whichever thread the signal reached) then loses only the resource
-        usage, never how the program ended."""
-        if self._peeked is None:
-            try:
-                self._peeked = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            if self._peeked is None:
-                return
+        """Note the first process's end without reaping it (WNOWAIT): how the program ended is
+        kept even when a cancel arrives just then, and its pid stays taken until ``_collect``."""
+        if self._status is not None:
+            return
+        try:
+            peeked = os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if peeked is not None:
             self._ended = time.monotonic()
+            self._status = (_wait_status(peeked), None)
+            self._proc.returncode = os.waitstatus_to_exitcode(self._status[0])
+            self._close_pidfd()
+
+    def _collect(self) -> None:
+        """Reap the first process, for its resource usage (peak memory)."""
+        if self._status is None or self._status[1] is not None:
+            return
         try:
             pid, status, rusage = os.wait4(self._proc.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped by a call a signal cut short
-            pid, status, rusage = self._proc.pid, _wait_status(self._peeked), None
+        except ChildProcessError:  # reaped already
+            return
         if pid:
             self._status = (status, rusage)
-            self._proc.returncode = os.waitstatus_to_exitcode(status)
-            self._close_pidfd()
 
     def _pipes_closed(self) -> bool:
         return all(key.data is None for key in self._selector.get_map().values())
@@ -238,6 +247,7 @@ class ProcessExecution(Execution):
         if self._status is None:
             self.kill()
             self.wait(DRAIN_S)
+        self._collect()
         self._close_pidfd()
         for key in list(self._selector.get_map().values()):
             self._selector.unregister(key.fileobj)

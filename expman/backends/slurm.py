@@ -164,8 +164,13 @@ class SlurmBackend(Backend):
         return Accepted(job_id=job_id, fields=fields, release=["scontrol", "release", job_id])
 
     def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
+        """A job Slurm does not know in the shared answer (which may predate the job) is looked
+        for again in a fresh one before its run is declared lost."""
+        root = runs[0][0].path.parent
         try:
-            states = self._poller.states(runs[0][0].path.parent)
+            states = self._poller.states(root)
+            if any(record.job_id is not None and record.job_id not in states for _, record in runs):
+                states = self._poller.states(root, fresh=True)
         except SlurmError as exc:
             return [f"Slurm status unknown, showing the last recorded status: {exc.message}"]
         for run, record in runs:

@@ -21,6 +21,7 @@ from ..errors import AmbiguousRunError, RunNotFoundError
 Clock = Callable[[], datetime]
 RUNS_ROOT_VARIABLE = "EXPMAN_RUNS_ROOT"
 _CLAIM_ATTEMPTS = 100
+_last_ms = 0  # the newest millisecond a run id of this process was made in
 
 
 def utc_now() -> datetime:
@@ -75,8 +76,13 @@ class RunDir:
 
 
 def new_run_id(now: datetime) -> str:
-    """Sortable by time (UTC, milliseconds); a random suffix keeps concurrent ids apart."""
-    return now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
+    """Sortable by time (UTC, milliseconds); a random suffix keeps concurrent ids apart. Ids
+    made by this process in one millisecond take the next ones, so they sort as they were made."""
+    global _last_ms
+    ms = max(int(now.replace(microsecond=0).timestamp()) * 1000 + now.microsecond // 1000, _last_ms + 1)
+    _last_ms = ms
+    stamp = datetime.fromtimestamp(ms / 1000, UTC)
+    return stamp.strftime("%Y%m%d-%H%M%S-") + f"{ms % 1000:03d}-{secrets.token_hex(2)}"
 
 
 def create_run_dir(runs_root: Path, clock: Clock = utc_now) -> RunDir:

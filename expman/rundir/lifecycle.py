@@ -32,6 +32,7 @@ from .record import EndState, RunRecord, RunStatus, load_record
 
 LOG_NAMES = ("stdout.log", "stderr.log", "build.log")
 T = TypeVar("T")
+_FINAL = {str(s) for s in RunStatus if s.is_final}
 # How a run found unfinished should end, given its current record: (status, reason), or None.
 Decision = Callable[[RunRecord], tuple[RunStatus, str | None] | None]
 
@@ -93,9 +94,10 @@ def save(run: RunDir, record: RunRecord) -> None:
         write_locked(run, record)
 
 
-def write_locked(run: RunDir, record: RunRecord) -> None:
-    """``save`` for a caller that holds ``record_lock(run)``."""
-    _with_space(run, lambda: write_bytes_atomic(run.record, record_bytes(run, record), durable=record.final))
+def write_locked(run: RunDir, record: RunRecord, reopen: bool = False) -> None:
+    """``save`` for a caller that holds ``record_lock(run)``; ``reopen`` for a new attempt or a
+    retry of a run that had ended."""
+    _with_space(run, lambda: write_bytes_atomic(run.record, record_bytes(run, record, reopen), durable=record.final))
 
 
 def _with_space(run: RunDir, write: Callable[[], T]) -> T:
@@ -112,10 +114,16 @@ def _with_space(run: RunDir, write: Callable[[], T]) -> T:
         raise unwritable(run.record, exc) from None
 
 
-def record_bytes(run: RunDir, record: RunRecord) -> bytes:
-    """The record as run.json holds it, keeping a cancel request ``expman cancel`` wrote there."""
-    if record.cancel_requested_at is None:
-        record.cancel_requested_at = _cancel_requested_at(run)
+def record_bytes(run: RunDir, record: RunRecord, reopen: bool = False) -> bytes:
+    """The record as run.json holds it, keeping a cancel request ``expman cancel`` wrote there.
+    How a run ended is never changed by a later write (a follower that did not see a cancel
+    in time, say); only ``reopen`` (a new attempt, a retry) puts an ended run back in play."""
+    current = _on_disk(run)
+    ended = current.get("status")
+    if ended in _FINAL and ended != record.status and not reopen:
+        raise RecordError(f"run {record.run_id} has already ended ({ended}); it is not recorded {record.status} now")
+    if record.cancel_requested_at is None and not reopen:
+        record.cancel_requested_at = current.get("cancel_requested_at")
     return json_bytes(record.to_dict())
 
 
@@ -131,11 +139,12 @@ def unwritable(path: Path, exc: OSError) -> RecordError:
     return RecordError(f"cannot write {path}: {exc.strerror}; check the runs_root permissions and free space")
 
 
-def _cancel_requested_at(run: RunDir) -> str | None:
+def _on_disk(run: RunDir) -> dict[str, Any]:
     try:
-        return orjson.loads(run.record.read_bytes()).get("cancel_requested_at")
+        current = orjson.loads(run.record.read_bytes())
     except (FileNotFoundError, ValueError):
-        return None
+        return {}
+    return current if isinstance(current, dict) else {}
 
 
 # --- changes of state ---------------------------------------------------------------------
@@ -157,7 +166,7 @@ def begin_attempt(
                 previous.update(ended_at=now.isoformat(), status=str(RunStatus.LOST), reason=unfinished or None)
             move_logs(run, int(previous["attempt"]))
         record.begin_attempt(number if number is not None else record.attempt + 1, now, **facts)
-        write_locked(run, record)
+        write_locked(run, record, reopen=True)
     return record
 
 
@@ -166,9 +175,12 @@ def move_logs(run: RunDir, attempt: int) -> None:
     target = run.attempt_logs(attempt)
     for name in LOG_NAMES:
         source = run.logs / name
-        if source.exists():
-            target.mkdir(exist_ok=True)
-            source.rename(target / name)
+        try:
+            if source.exists():
+                target.mkdir(exist_ok=True)
+                source.rename(target / name)
+        except OSError as exc:
+            raise unwritable(target / name, exc) from None
 
 
 def request_cancel(run: RunDir, now: datetime) -> RunRecord:
@@ -193,11 +205,13 @@ def end_if_not_final(run: RunDir, now: datetime, decide: Decision) -> RunRecord:
 
 
 def requeue(run: RunDir, reason: str) -> RunRecord:
-    """Queued again for another attempt (``expman retry``)."""
+    """Queued again for another attempt (``expman retry``): a new intent, so an old cancel
+    request no longer stands."""
     with record_lock(run):
         record = load_record(run)
         record.requeue(reason)
-        write_locked(run, record)
+        record.cancel_requested_at = None
+        write_locked(run, record, reopen=True)
     return record
 
 

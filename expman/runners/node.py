@@ -44,7 +44,8 @@ def main(argv: list[str]) -> int:
     record = load_record(run)
     forwarded, _ = parse_signal((record.slurm or {}).get("signal") or "USR1")
     # Before the program runs there is nothing to checkpoint (Slurm may signal up to 60 s early).
-    signal.signal(forwarded, signal.SIG_IGN)
+    # A handler that does nothing, not SIG_IGN: an ignored signal stays ignored in the program.
+    signal.signal(forwarded, lambda signum, frame: None)
     if record.final:
         print(f"run {record.run_id} is already {record.status}; nothing to do", file=sys.stderr)
         return 0

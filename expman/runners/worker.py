@@ -41,8 +41,10 @@ from ..errors import (
     ConfigError,
     ExpmanError,
     LaunchError,
+    RecordError,
     StaleAttemptError,
     UnsafeArchiveError,
+    UsageError,
 )
 from ..hostinfo import hostname
 from ..progress import Reporter
@@ -161,6 +163,11 @@ class Worker:
             return
         try:
             begun = self._begin(run, job)
+        except (RecordError, UsageError) as exc:  # a damaged run directory fails its job, not the worker
+            self.queue.finish(job, JobState.FAILED, exc.message)
+            self._say(f"{tag}: failed: {exc.message}")
+            return
+        try:
             if begun is None:
                 self._say(f"{tag}: failed; its worker went silent on the last of {job.max_attempts} attempts")
                 return

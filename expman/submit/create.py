@@ -137,13 +137,14 @@ def _write_new_run(
         raise
 
 
-def end_unstarted(runs: list[tuple[RunDir, RunRecord]], clock: Clock, exc: BaseException) -> None:
-    """Runs that will not start now: failed with the error, or cancelled on Ctrl-C."""
-    for run, record in runs:
-        if isinstance(exc, ExpmanError) and not isinstance(exc, RunCancelledError):
-            Recorder(run).end(record, RunStatus.FAILED, clock(), reason=exc.message)
-        else:
-            Recorder(run).end(record, RunStatus.CANCELLED, clock(), reason="cancelled by user before start")
+def end_unstarted(runs: list[tuple[RunDir, RunRecord]], clock: Clock, exc: BaseException) -> list[RunRecord]:
+    """Runs that will not start now: failed with the error, or cancelled on Ctrl-C (those that
+    ended meanwhile stay as they are); their records."""
+    if isinstance(exc, ExpmanError) and not isinstance(exc, RunCancelledError):
+        decision = (RunStatus.FAILED, exc.message)
+    else:
+        decision = (RunStatus.CANCELLED, "cancelled by user before start")
+    return [lifecycle.end_if_not_final(run, clock(), lambda current: decision) for run, _ in runs]
 
 
 def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> RunRecord:

@@ -14,7 +14,7 @@ from ..experiment.plan import Plan
 from ..progress import Reporter
 from ..rundir import lifecycle
 from ..rundir.layout import Clock, RunDir, utc_now
-from ..rundir.record import RunRecord, RunStatus
+from ..rundir.record import RunRecord, RunStatus, load_record
 from .create import create_runs, end_unstarted
 
 
@@ -51,8 +51,19 @@ def submit(
     if backend.hands_off:
         return backend.hand_off(runs, reporter)
     if detach:
-        return [backend.detach(run, record) for run, record in runs]
+        return _detach(backend, runs, clock)
     return _follow(backend, runs, reporter, clock)
+
+
+def _detach(backend: Backend, runs: list[tuple[RunDir, RunRecord]], clock: Clock) -> list[RunRecord]:
+    records: list[RunRecord] = []
+    for index, (run, record) in enumerate(runs):
+        try:
+            records.append(backend.detach(run, record))
+        except (ExpmanError, KeyboardInterrupt) as exc:
+            end_unstarted(runs[index + 1 :], clock, exc)
+            raise
+    return records
 
 
 def _prepare(backend: Backend, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter, clock: Clock) -> None:
@@ -68,14 +79,22 @@ def _prepare(backend: Backend, runs: list[tuple[RunDir, RunRecord]], reporter: R
 def _follow(
     backend: Backend, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter, clock: Clock
 ) -> list[RunRecord]:
-    """Execute the runs one after the other here; a cancel ends the rest unstarted."""
-    records = []
+    """Execute the runs one after the other here. A run cancelled while it waited (``expman
+    cancel``) is passed over; Ctrl-C, or an error that stops the command, ends the rest
+    unstarted, so no run is left queued with nothing to run it."""
+    records: list[RunRecord] = []
     for index, (run, record) in enumerate(runs):
+        if (current := load_record(run)).final:
+            records.append(current)
+            continue
         if len(runs) > 1:
             reporter.info(f"run {index + 1}/{len(runs)}: {run.run_id} {record.sweep['label'] if record.sweep else ''}")
-        records.append(execute(backend, run, record, clock, echo=True))
+        try:
+            records.append(execute(backend, run, record, clock, echo=True))
+        except (ExpmanError, KeyboardInterrupt) as exc:
+            end_unstarted(runs[index + 1 :], clock, exc)
+            raise
         if records[-1].status == RunStatus.CANCELLED:
-            end_unstarted(runs[index + 1 :], clock, RunCancelledError("cancelled by user before start"))
-            records.extend(r for _, r in runs[index + 1 :])
+            records.extend(end_unstarted(runs[index + 1 :], clock, RunCancelledError("cancelled by user before start")))
             break
     return records
