@@ -438,3 +438,15 @@ def test_a_damaged_run_directory_fails_its_job_not_the_worker(make_repo: Any, ru
     states = {job.run_id: (job.state, job.error) for job in open_queue(url).jobs_of()}
     assert states[damaged.name][0] == "failed" and "cannot read" in states[damaged.name][1]
     assert states[intact.name][0] == "succeeded" and _status(intact) == "succeeded"
+
+
+def test_a_queue_with_its_own_tables_is_recorded_so_that_cancel_finds_it(
+    make_repo: Any, runs_root: Path, tmp_path: Path
+) -> None:
+    url = f"sqlite://{tmp_path / 'q.sqlite'}?table=mine"
+    repo = make_repo({"backend": "process"})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    assert read_record(run)["queue"]["url"] == url
+    assert main(["cancel", run.name]) == 0  # no --queue: the recorded URL names the tables
+    assert open_queue(url).counts() == {"cancelled": 1}

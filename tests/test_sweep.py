@@ -166,3 +166,8 @@ def test_scheduling_duplicates_leaves_no_run_queued_forever(
     assert len(runs) == 4
     assert main(["worker", "--queue", url]) == 0
     assert {json.loads((p / "run.json").read_text())["status"] for p in runs} == {"succeeded"}
+
+
+def test_a_decimal_range_never_includes_its_stop() -> None:
+    values = [c.values["train.lr"] for c in expand({"train.lr": {"start": 1, "stop": 2.2, "step": 0.2}})]
+    assert values == [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]

@@ -13,6 +13,7 @@ final up to date with where they really run; ``cancel`` stops one.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,7 +90,8 @@ class Accepted:
 
     job_id: str
     fields: list[dict[str, Any]]
-    release: list[str] | None = None
+    release: list[str] | None = None  # lets the held submission run
+    withdraw: list[str] | None = None  # takes it back, when recording it failed
 
 
 class Backend(abc.ABC):
@@ -137,6 +139,7 @@ class Backend(abc.ABC):
         """Give prepared runs to the scheduler and record its job ids; if that fails, every
         run is recorded failed with the reason."""
         submission = self.submission(runs)
+        accepted: Accepted | None = None
         try:
             for path, data in submission.files.items():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,9 @@ class Backend(abc.ABC):
             if accepted.release:
                 self.command(accepted.release)
         except ExpmanError as exc:
+            if accepted is not None and accepted.withdraw:  # never leave a held job behind
+                with contextlib.suppress(ExpmanError):
+                    self.command(accepted.withdraw)
             for run, record in runs:
                 Recorder(run).end(record, RunStatus.FAILED, utc_now(), reason=exc.message)
             raise

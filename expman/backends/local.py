@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from urllib3.exceptions import HTTPError
 
-from ..errors import ConfigError, LaunchError
+from ..errors import ConfigError, DockerUnavailableError, LaunchError
 from ..experiment.archive import container_payload
 from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
@@ -155,6 +155,16 @@ class LocalBackend(Backend):
             stop_container(self.client, record.container_id)
 
 
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def _engine_lost(exc: BaseException) -> DockerUnavailableError:
+    return DockerUnavailableError(
+        f"lost the Docker engine while the run went on ({str(exc).splitlines()[0][:200]}); "
+        "'docker ps' shows whether its container still runs"
+    )
+
+
 def container_name(record: RunRecord) -> str:
     """One name per run and attempt: a second create of the same attempt finds the first."""
     return f"expman-{record.run_id}-{max(record.attempt, 1)}"
@@ -207,26 +217,36 @@ class ContainerExecution(Execution):
     def wait(self, timeout_s: float | None) -> int | None:
         if not self._pumped.wait(timeout_s):
             return None
-        result = self._client.api.wait(self._container.id, timeout=ENGINE_WAIT_S)
+        try:
+            result = self._client.api.wait(self._container.id, timeout=ENGINE_WAIT_S)
+        except _ENGINE_ERRORS as exc:
+            raise _engine_lost(exc) from None
         return int(result.get("StatusCode", -1))
 
     def _pump_until_end(self, frames: Any) -> None:
+        """The output until the stream ends; a stream the engine breaks off ends it too (the
+        wait that follows asks the engine how the container is)."""
         try:
             self._pump_output(frames)
+        except (*_ENGINE_ERRORS, HTTPError, OSError):
+            pass
         finally:
             self._pumped.set()
 
     def signal(self, signum: int) -> None:
         try:
             self._container.kill(signal=signum)
-        except docker.errors.APIError:
-            pass  # already ended
+        except _ENGINE_ERRORS:
+            pass  # already ended (or the engine is away: the wait says so)
 
     def end_state(self, exit_code: int) -> EndState:
         """As the engine saw it. Peak memory is the highest sample of the engine's stats so far
         (none for a program that ended within its first sample, about 0.2 s): waiting for the
         stats stream would add its 1-2 s period to every run."""
-        state = self._client.api.inspect_container(self._container.id)["State"]
+        try:
+            state = self._client.api.inspect_container(self._container.id)["State"]
+        except _ENGINE_ERRORS as exc:
+            raise _engine_lost(exc) from None
         started, finished = engine_time(state.get("StartedAt")), engine_time(state.get("FinishedAt"))
         return EndState(
             exit_code=int(state.get("ExitCode", exit_code)),
@@ -238,8 +258,8 @@ class ContainerExecution(Execution):
     def cleanup(self) -> None:
         try:
             self._container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        except _ENGINE_ERRORS:
+            pass  # gone already, or the engine is away (the next attempt removes it by name)
 
     def _pump_output(self, frames: Any) -> None:
         self.pump(frames, self._sink)

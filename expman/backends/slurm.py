@@ -161,7 +161,7 @@ class SlurmBackend(Backend):
             }
             for index in range(count)
         ]
-        return Accepted(job_id=job_id, fields=fields, release=["scontrol", "release", job_id])
+        return Accepted(job_id, fields, release=["scontrol", "release", job_id], withdraw=["scancel", job_id])
 
     def reconcile(self, runs: list[tuple[RunDir, RunRecord]]) -> list[str]:
         """A job Slurm does not know in the shared answer (which may predate the job) is looked

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from ..errors import ConfigError, ConnectionLostError, ExpmanError, RemoteError
+from ..errors import ConfigError, ConnectionLostError, DockerUnavailableError, ExpmanError, RemoteError
 from ..experiment.config import HostSettings
 from ..rundir import lifecycle
 from ..rundir.files import write_bytes_atomic
@@ -358,7 +358,7 @@ class RemoteExecution(ContainerExecution):
     def wait(self, timeout_s: float | None) -> int | None:
         try:
             exit_code = super().wait(timeout_s)
-        except _LINK_ERRORS:
+        except (*_LINK_ERRORS, DockerUnavailableError):
             self._lost = True
         if self._lost or not self._backend.connected:
             self._lost = True

@@ -154,8 +154,8 @@ def _stepped(where: str, spec: dict[str, Any]) -> list[Any]:
         raise ConfigError(f"{where}: step is 0; give a non-zero step")
     if all(isinstance(v, int) for v in (start, stop, step)):
         return list(range(start, stop, step))
-    first, delta = Decimal(repr(float(start))), Decimal(repr(float(step)))
-    count = max(0, math.ceil((stop - start) / step))
+    first, last, delta = (Decimal(repr(float(v))) for v in (start, stop, step))
+    count = max(0, math.ceil((last - first) / delta))  # in decimals too: 1 to 2.2 by 0.2 stops at 2.0
     return [float(first + delta * i) for i in range(count)]
 
 

@@ -41,7 +41,8 @@ class Dialect:
     now = ""  # SQL: seconds since the epoch, from the database's clock
 
     def __init__(self, shown: str, prefix: str) -> None:
-        self.shown = shown  # the URL without any password, for messages and records
+        # The URL without any password, for messages and records (enough to open it again).
+        self.shown = shown if prefix == DEFAULT_PREFIX else f"{shown}?table={prefix}"
         self.prefix = prefix
         # how long a lost connection is reopened, or a held lock waited for, before giving up
         self.retry_for_s = RETRY_FOR_S

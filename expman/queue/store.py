@@ -413,14 +413,14 @@ class Queue:
 
     def retry_failed(self, sweep_id: str | None, tries: int) -> list[Job]:
         """Failed jobs go back to pending with ``tries`` more attempts, unless the same key
-        was scheduled again meanwhile."""
+        was scheduled again meanwhile; a cancel asked of an earlier attempt no longer stands."""
         where, params = self._sweep_filter(sweep_id, "state = ?")
         live = ", ".join("?" for _ in LIVE_STATES)
 
         def update() -> list[Job]:
             rows = self._execute(
                 f"""UPDATE {self.jobs} SET state = ?, not_before = NOW, ended_at = NULL, error = NULL,
-                    max_attempts = attempt + ?{where}
+                    cancel_requested = 0, max_attempts = attempt + ?{where}
                     AND NOT EXISTS (SELECT 1 FROM {self.jobs} other WHERE other.key = {self.jobs}.key
                                     AND other.state IN ({live}))
                     RETURNING {_JOB_COLUMNS}""",

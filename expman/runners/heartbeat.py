@@ -23,6 +23,7 @@ from ..queue.store import WORKER_TTL_S
 
 WORKER_BEAT_S = WORKER_TTL_S / 3
 CANCEL_POLL_S = 1.0
+SIGNAL_LATENCY_S = 2.0  # a signal this thread sends arrives well within this
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Heartbeat:
     def __init__(self, url: str, worker_id: str, say: Callable[[str], None]) -> None:
         self.url, self.worker_id, self._say = url, worker_id, say
         self.attempt: Attempt | None = None
+        self.stopping: tuple[Attempt, float] | None = None  # the attempt it last sent SIGTERM to stop, and when
         self._wake, self._closing = threading.Event(), threading.Event()
         self._next_look = 0.0
         self._worker_due = 0.0
@@ -112,7 +114,16 @@ class Heartbeat:
                 state = "cancel" if queue.cancel_requested(attempt.job) else "ok"
             attempt.lost, attempt.cancel = state == "lost", state == "cancel"
         if attempt.lost or attempt.cancel:
+            self.stopping = (attempt, time.monotonic())  # so the worker tells this SIGTERM from a user's
             os.kill(os.getpid(), signal.SIGTERM)  # again each beat until the attempt ends
+
+    def sent(self, attempt: Attempt | None) -> bool:
+        """Whether a SIGTERM arriving now is this thread's, for ``attempt`` (or for the
+        attempt that has just ended): sent in the last SIGNAL_LATENCY_S."""
+        if self.stopping is None:
+            return False
+        stopped, when = self.stopping
+        return (attempt is None or attempt is stopped) and time.monotonic() - when < SIGNAL_LATENCY_S
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failing:

@@ -137,8 +137,10 @@ class Worker:
         """Stop after this job; interrupt now only while claiming, idle or preparing (never
         in the middle of writing a record). The heartbeat's own SIGTERM stops the job only."""
         attempt = self._attempt
-        if attempt is None or not (attempt.lost or attempt.cancel):
+        if not self._heartbeat.sent(attempt):
             self._stopping = True
+        elif attempt is None:  # the heartbeat's, for an attempt that ended first: nothing to stop
+            return
         if self._interruptible:
             self._interruptible = False
             raise _Interrupted(signal.Signals(signum).name)
