@@ -54,8 +54,21 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
         "config": flatten_config(config),
         "results": {**results, **({"problems": problem} if problem else {})},
     }
-    console.print(_sections(sections))
+    if console.is_terminal:
+        console.print(_sections(sections))
+    else:  # plain lines for a pipe: a grid pads every row to its widest value
+        console.print(_plain(sections), markup=False, soft_wrap=True, end="")
     return 0
+
+
+def _plain(sections: dict[str, dict[str, Any]]) -> str:
+    width = max((len(key) for rows in sections.values() for key in rows), default=0)
+    lines = []
+    for title, rows in sections.items():
+        if title:
+            lines += ["", title]
+        lines += [f"{key:<{width}}  {'' if value is None else value}".rstrip() for key, value in rows.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _sections(sections: dict[str, dict[str, Any]]) -> Table:
