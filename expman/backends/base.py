@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..experiment.plan import Plan
     from ..progress import Reporter
 
+DEFAULT_KILL_GRACE_S = 30.0  # resources.kill_grace of records made before it existed
 CANCEL_MARGIN_S = 30.0  # beyond the program's kill grace, for the follower to record the end
 DETACH_START_TIMEOUT_S = 120.0
 
@@ -183,7 +184,9 @@ class Backend(abc.ABC):
             )
         if _supervisor_alive(record) and _signal(supervisor["pid"], signal.SIGTERM):
             # its execute() stops the program (asking first, then killing after the grace) and records it
-            deadline = time.monotonic() + float(record.resources.get("kill_grace_s") or 30.0) + CANCEL_MARGIN_S
+            deadline = (
+                time.monotonic() + float(record.resources.get("kill_grace_s", DEFAULT_KILL_GRACE_S)) + CANCEL_MARGIN_S
+            )
             while time.monotonic() < deadline:
                 record = load_record(run)
                 if record.final:

@@ -21,9 +21,8 @@ from ..rundir.layout import Clock, RunDir
 from ..rundir.lifecycle import Recorder
 from ..rundir.logs import LogSink
 from ..rundir.record import RunRecord, RunStatus
-from .base import Backend, Execution
+from .base import DEFAULT_KILL_GRACE_S, Backend, Execution
 
-DEFAULT_KILL_GRACE_S = 30.0
 RUNNING_RECORD_AFTER_S = 1.0
 WATCH_S = 1.0  # how often a wait looks whether the run's logs and record can still be written
 _BY_USER = "cancelled by user"

@@ -45,9 +45,12 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.buffer.write(run.record.read_bytes())
         sys.stdout.buffer.flush()
         return 0
-    from ..results.flatten import flatten_config  # numpy: only here, not for every command
+    from ..results.flatten import (
+        flatten_config,  # numpy: only here, not for every command
+        read_config,
+    )
 
-    config = _config(run)
+    config = read_config(run.config)
     results, problem = _results(run, config)
     sections = {
         "": _summary(record, run),
@@ -81,16 +84,6 @@ def _sections(sections: dict[str, dict[str, Any]]) -> Table:
         for key, value in rows.items():
             table.add_row(Text(key, style="bold"), Text("" if value is None else str(value)))
     return table
-
-
-def _config(run: RunDir) -> dict[str, Any]:
-    from ..results.flatten import read_json
-
-    try:
-        document = read_json(run.config)
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
 
 
 def _results(run: RunDir, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:

@@ -45,6 +45,15 @@ def read_json(path: Path | str) -> Any:
         raise NestingError("nested deeper than the JSON parsers go (about 1,000 levels)") from None
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's effective config.json; an unreadable one is an empty config."""
+    try:
+        document = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 def read_results(path: Path | str) -> Results:
     """The flattened results.json at ``path``; a missing file is no results, a bad one a problem."""
     try:

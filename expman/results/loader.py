@@ -26,7 +26,7 @@ from ..experiment.patterns import compile_patterns
 from ..rundir.layout import RunDir, list_runs
 from .cache import Cache, CachedScalars
 from .filters import Condition, parse_conditions
-from .flatten import flatten_config, read_json, read_results
+from .flatten import flatten_config, read_config, read_json, read_results
 from .options import DEFAULT_STATS, KEEP_MODES
 from .scalars import RunScalars, event_files, file_signature, match_keys, read_run_scalars, summarize
 from .stdout import extract
@@ -78,16 +78,8 @@ def select_runs(
             continue
         if branch and git.get("branch") != branch:
             continue
-        selected.append(RunInfo(run, record, _read_config(run)))
+        selected.append(RunInfo(run, record, read_config(run.config)))
     return selected
-
-
-def _read_config(run: RunDir) -> dict[str, Any]:
-    try:
-        document = read_json(run.config)
-    except (OSError, ValueError):
-        return {}
-    return document if isinstance(document, dict) else {}
 
 
 def load_runs(
