@@ -149,6 +149,13 @@ class StaleAttemptError(ExpmanError):
     exit_code = 29
 
 
+class CheckpointError(ExpmanError):
+    """A snapshot of a run's checkpoint paths could not be taken or restored (over max_mb, a
+    file that cannot be read or written)."""
+
+    exit_code = 34
+
+
 # --- looking at runs ----------------------------------------------------------------
 
 

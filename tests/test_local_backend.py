@@ -96,6 +96,7 @@ def test_container_settings_seen_by_the_engine(docker_client, make_repo, runs_ro
     env = dict(e.split("=", 1) for e in attrs["Config"]["Env"])
     assert env["EXPMAN_RUN_ID"] == record["run_id"] and env["EXPMAN_OUTPUT_DIR"] == "/output"
     assert env["EXPMAN_CONFIG"] == "/expman/config.json"
+    assert (env["EXPMAN_ATTEMPT"], env["EXPMAN_RESUMED"]) == ("1", "0")
     mounts = attrs["Mounts"]
     assert [m["Destination"] for m in mounts] == ["/output"]
     assert not any("docker.sock" in m["Source"] for m in mounts)

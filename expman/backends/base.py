@@ -44,6 +44,12 @@ CANCEL_MARGIN_S = 30.0  # beyond the program's kill grace, for the follower to r
 DETACH_START_TIMEOUT_S = 120.0
 
 
+def attempt_variables(record: RunRecord) -> dict[str, str]:
+    """The program's environment: which attempt it is, and whether it starts from a restored
+    checkpoint."""
+    return {"EXPMAN_ATTEMPT": str(record.attempt_number), "EXPMAN_RESUMED": "1" if record.restored else "0"}
+
+
 class Execution(abc.ABC):
     """A started run: one container or one process tree."""
 
@@ -117,6 +123,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         """Start the run; set ``record.container_id`` or ``record.pid``."""
+
+    def pull_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:  # noqa: B027
+        """Bring the checkpoint ``paths`` of the run's output into ``run.output`` here, when the
+        output lives elsewhere (before a snapshot)."""
+
+    def push_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:  # noqa: B027
+        """Make the checkpoint ``paths`` of the output where the program runs what ``run.output``
+        holds here (after a restore, before the program starts)."""
 
     def detach(self, run: RunDir, record: RunRecord) -> RunRecord:
         """Start the run and return at once: here a supervisor process follows it."""

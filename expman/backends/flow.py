@@ -22,6 +22,7 @@ from ..rundir.lifecycle import Recorder
 from ..rundir.logs import LogSink
 from ..rundir.record import RunRecord, RunStatus
 from .base import DEFAULT_KILL_GRACE_S, Backend, Execution
+from .checkpointing import Checkpointing
 
 RUNNING_RECORD_AFTER_S = 1.0
 WATCH_S = 1.0  # how often a wait looks whether the run's logs and record can still be written
@@ -85,19 +86,24 @@ def execute(
     previous: dict[int, Any] = {s: signal.signal(s, switch.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     execution = None
     record.supervisor = {"pid": os.getpid(), "host": hostname()}
+    checkpoints = Checkpointing.of(backend, run, record)
     try:
-        execution = _start(backend, run, record, sink, switch, recorder, clock, why)
+        execution = _start(backend, run, record, sink, switch, recorder, clock, why, checkpoints)
         if execution is None:
             return record
         previous.update(_install_forwarders(forward, execution))
         stopping = Stopping.of(record, max_grace_s, checkpoint_signal)
         status, reason, exit_code = _follow(execution, record, switch, recorder, stopping, why, sink)
+        if checkpoints is not None and recorder.holds_run:
+            checkpoints.finish("end" if status == RunStatus.SUCCEEDED or reason is None else "stop")
         end = execution.end_state(exit_code)
         if status == RunStatus.FAILED and reason is None:
             reason = "out of memory" if end.oom_killed else f"exit code {end.exit_code}"
         sink.close()  # logs complete before the record says the run ended (logs --follow stops then)
         recorder.end(record, status, clock(), reason=reason, end=end)
     finally:
+        if checkpoints is not None:
+            checkpoints.close()
         sink.close()
         _restore_handlers(previous)
         if execution is not None:
@@ -114,10 +120,14 @@ def _start(
     recorder: Recorder,
     clock: Clock,
     why: Interpretation,
+    checkpoints: Checkpointing | None,
 ) -> Execution | None:
-    """The started execution, now recorded running; None when stopped before it started (as
+    """The started execution (from the newest checkpoint restored, if any), now recorded
+    running, its checkpoints taken from now on; None when stopped before it started (as
     ``why`` says: cancelled, or back to the queue when a worker or node goes away)."""
     try:
+        if checkpoints is not None:
+            checkpoints.restore()
         with switch.armed():
             execution = backend.start(run, record, sink)
     except ExpmanError as exc:
@@ -128,6 +138,8 @@ def _start(
         recorder.end(record, status, clock(), reason=f"{reason} before start" if reason == _BY_USER else reason)
         return None
     record.mark_running(clock(), backend.execution_host)
+    if checkpoints is not None:
+        checkpoints.start()
     return execution
 
 

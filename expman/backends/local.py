@@ -18,7 +18,7 @@ from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord
 from . import engine
-from .base import Backend, Execution
+from .base import Backend, Execution, attempt_variables
 from .docker_sdk import docker
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def container_environment(record: RunRecord) -> dict[str, str]:
         "EXPMAN_RUN_ID": record.run_id,
         "EXPMAN_OUTPUT_DIR": OUTPUT_PATH,
         "EXPMAN_CONFIG": CONFIG_PATH,
+        **attempt_variables(record),
         "HOME": "/tmp",
         "PYTHONUNBUFFERED": "1",
         # The container's init (tini) passes signals to the program's whole process group, not

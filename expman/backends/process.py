@@ -30,7 +30,7 @@ from ..rundir.layout import RunDir
 from ..rundir.logs import STDERR, STDOUT, LogSink
 from ..rundir.record import EndState, RunRecord
 from . import proctree
-from .base import Backend, Execution
+from .base import Backend, Execution, attempt_variables
 
 if TYPE_CHECKING:
     from ..experiment.plan import Plan
@@ -45,6 +45,7 @@ def _expman_variables(record: RunRecord, run: RunDir) -> dict[str, str]:
         "EXPMAN_RUN_ID": record.run_id,
         "EXPMAN_OUTPUT_DIR": str(run.output),
         "EXPMAN_CONFIG": str(run.config),
+        **attempt_variables(record),
         "PYTHONUNBUFFERED": "1",
     }
 

@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "slurm": {},
     "sweep": {},
     "queue": {},
+    "checkpoint": None,
 }
 RESOURCE_DEFAULTS: dict[str, Any] = {
     "gpus": 0,
@@ -79,6 +80,7 @@ SLURM_DEFAULTS: dict[str, Any] = {
 }
 
 QUEUE_DEFAULTS: dict[str, Any] = {"max_attempts": 3, "backoff": "30s", "lease": "2m", "priority": 0}
+CHECKPOINT_DEFAULTS: dict[str, Any] = {"paths": None, "interval": "5m", "max_mb": 100}
 
 # Each "pattern" of schema/expman.schema.json as a user reads it: what the value should be,
 # with examples, instead of the regular expression jsonschema would print.
@@ -102,6 +104,9 @@ PATTERN_MESSAGES: dict[str, str] = {
         "is not a Docker engine URL (examples: unix:///run/user/1000/docker.sock, tcp://127.0.0.1:2375)"
     ),
     r"^[^.\s]+(\.[^.\s]+)*$": "is not a dotted config key (examples: train.lr, model.layers; no spaces or empty parts)",
+    r"^(?!/)(?!(.*/)?\.\.(/|$))(?![./]*$).+$": (
+        "is not a path inside the output directory (examples: ckpt/, model.pt; not absolute, no '..')"
+    ),
 }
 
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -169,6 +174,19 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    """The "checkpoint" section: which paths of the output are snapshotted, and how often."""
+
+    paths: tuple[str, ...]
+    interval_s: float = 300.0
+    max_bytes: int = 100 * 2**20
+
+    def record_fields(self) -> dict[str, Any]:
+        """What every supervisor of the run needs, as the run record holds it."""
+        return {"paths": list(self.paths), "interval_s": self.interval_s, "max_bytes": self.max_bytes}
+
+
+@dataclass(frozen=True)
 class ExpmanSettings:
     """The validated "expman" section, defaults filled in."""
 
@@ -189,6 +207,7 @@ class ExpmanSettings:
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     sweep: dict[str, Any] = field(default_factory=dict)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    checkpoint: CheckpointSettings | None = None
 
     def host_settings(self, name: str | None) -> HostSettings:
         """The named host, else "host", else the only one defined."""
@@ -287,6 +306,8 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
     _check_known_keys(section.get("resources") or {}, RESOURCE_DEFAULTS, f"{origin}: {SECTION}.resources")
     _check_known_keys(section.get("slurm") or {}, SLURM_DEFAULTS, f"{origin}: {SECTION}.slurm")
     _check_known_keys(section.get("queue") or {}, QUEUE_DEFAULTS, f"{origin}: {SECTION}.queue")
+    if isinstance(section.get("checkpoint"), dict):
+        _check_known_keys(section["checkpoint"], CHECKPOINT_DEFAULTS, f"{origin}: {SECTION}.checkpoint")
     hosts = section.get("hosts")
     for name, host in hosts.items() if isinstance(hosts, dict) else ():
         if isinstance(host, dict):
@@ -318,7 +339,7 @@ def _settings_from(section: dict[str, Any]) -> ExpmanSettings:
     )
     hosts = {name: _host_from(name, host, f"{SECTION}.hosts.{name}") for name, host in section.get("hosts", {}).items()}
     queue = {**QUEUE_DEFAULTS, **section.get("queue", {})}
-    structured = ("command", "resources", "hosts", "slurm", "queue")
+    structured = ("command", "resources", "hosts", "slurm", "queue", "checkpoint")
     values = {k: section[k] for k in DEFAULTS if k in section and k not in structured}
     return ExpmanSettings(
         command=tuple(section["command"]),
@@ -331,7 +352,17 @@ def _settings_from(section: dict[str, Any]) -> ExpmanSettings:
             lease_s=parse_duration(queue["lease"], "expman.queue.lease"),
             priority=queue["priority"],
         ),
+        checkpoint=_checkpoint_from(section["checkpoint"]) if "checkpoint" in section else None,
         **values,
+    )
+
+
+def _checkpoint_from(entry: dict[str, Any]) -> CheckpointSettings:
+    given = {**CHECKPOINT_DEFAULTS, **entry}
+    return CheckpointSettings(
+        paths=tuple(given["paths"]),
+        interval_s=parse_duration(given["interval"], "expman.checkpoint.interval"),
+        max_bytes=int(given["max_mb"] * 2**20),
     )
 
 

@@ -224,6 +224,11 @@ class Recorder:
     def save(self, record: RunRecord) -> None:
         save(self.run, record)
 
+    @property
+    def holds_run(self) -> bool:
+        """Whether the run is still this recorder's to change (a queue worker's may lose it)."""
+        return True
+
     def running(self, record: RunRecord, now: datetime, host: str) -> None:
         record.mark_running(now, host)
         self.save(record)

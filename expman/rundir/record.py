@@ -107,6 +107,11 @@ class RunRecord:
     sweep: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # Checkpoints: the configured paths, interval and size limit; the snapshot this attempt
+    # started from (None: a fresh start); the newest snapshot taken.
+    checkpoint: dict[str, Any] | None = None
+    restored: dict[str, Any] | None = None
+    snapshot: dict[str, Any] | None = None
     cancel_requested_at: str | None = None
     started_at: str | None = None
     ended_at: str | None = None
@@ -124,6 +129,17 @@ class RunRecord:
     def attempt(self) -> int:
         """The number of the newest attempt (0 before the first)."""
         return int(self.attempts[-1]["attempt"]) if self.attempts else 0
+
+    @property
+    def attempt_number(self) -> int:
+        """The attempt the program runs as (a run outside a queue or Slurm has one, the first)."""
+        return max(self.attempt, 1)
+
+    def note_restored(self, summary: dict[str, Any]) -> None:
+        """This attempt starts from the snapshot ``summary`` describes."""
+        self.restored = summary
+        if self.attempts:
+            self.attempts[-1]["restored"] = summary
 
     def mark_running(self, now: datetime, host: str) -> None:
         self.status, self.started_at, self.host = RunStatus.RUNNING, now.isoformat(), host
@@ -156,7 +172,7 @@ class RunRecord:
         """Attempt ``number`` begins: what belongs to an attempt is reset, and it is appended."""
         self.status, self.reason, self.host = RunStatus.QUEUED, None, None
         self.started_at = self.ended_at = self.duration_s = self.exit_code = None
-        self.pid = self.container_id = None
+        self.pid = self.container_id = self.restored = None
         self.oom_killed = self.peak_memory_bytes = None
         self.attempts.append({"attempt": number, "started_at": now.isoformat(), **facts})
 

@@ -267,6 +267,10 @@ class _FencedRecorder(Recorder):
         self.worker, self.attempt = worker, attempt
         self.permanent = False  # a failure that would fail the same way again
 
+    @property
+    def holds_run(self) -> bool:
+        return not self.attempt.lost
+
     def save(self, record: RunRecord) -> None:
         job = self.attempt.job
         with record_lock(self.run):

@@ -174,6 +174,7 @@ def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> R
         host_facts=host_facts(),
         environment=redactor.environment(backend.environ),
         queued_at=clock().isoformat(),
+        checkpoint=checkpoint.record_fields() if (checkpoint := plan.config.settings.checkpoint) else None,
         image=ImageInfo(
             dockerfile=plan.config.settings.dockerfile,
             dockerfile_hash=dockerfile_hash(plan.dockerfile) if plan.dockerfile is not None else None,

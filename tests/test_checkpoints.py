@@ -1,0 +1,270 @@
+"""Checkpoints that survive a killed worker and a Slurm requeue: the snapshot store on its own
+(atomic, verified, damaged snapshots passed over), then real workers on a real queue, a real
+Slurm cluster, and fork() as population-based training uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expman.cli import main
+from expman.errors import CheckpointError, ConfigError
+from expman.experiment.config import load_config
+from expman.rundir import checkpoint
+from expman.rundir.layout import RunDir, create_run_dir
+
+from .conftest import read_record
+from .helpers import alive
+from .test_queue import _status, _wait, _worker
+from .test_slurm_backend import _path, _release_the_requeue_hold, wait_all
+
+# Counts steps, writing ckpt/state.json (write, then rename) at each; resumes from it when
+# it is there (a half-written one makes it fail). With "big_at", once at that step it waits
+# for a "go" file, then writes a large file among its checkpoints.
+STEPS = """\
+import json, os, time
+job = json.load(open(os.environ["EXPMAN_CONFIG"]))["job"]
+out = os.environ["EXPMAN_OUTPUT_DIR"]
+ckpt = os.path.join(out, "ckpt")
+os.makedirs(ckpt, exist_ok=True)
+found = sorted(os.listdir(ckpt))
+state = os.path.join(ckpt, "state.json")
+step = json.load(open(state))["step"] if os.path.exists(state) else 0
+resumed_from = step
+while step < job["steps"]:
+    time.sleep(job.get("sleep", 0.05))
+    step += 1
+    with open(state + ".tmp", "w") as f:
+        json.dump({"step": step}, f)
+    os.replace(state + ".tmp", state)
+    if job.get("big_at") == step:
+        while not os.path.exists(os.path.join(out, "go")):
+            time.sleep(0.05)
+        with open(os.path.join(ckpt, "big.bin"), "wb") as f:
+            f.write(b"x" * (2 << 20))
+with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"final_step": step, "resumed_from": resumed_from, "found": found,
+               "attempt": os.environ["EXPMAN_ATTEMPT"], "resumed": os.environ["EXPMAN_RESUMED"]}, f)
+"""
+CHECKPOINT = {"paths": ["ckpt/"], "interval": "1s", "max_mb": 1}
+
+
+def _repo(make_repo: Any, job: dict[str, Any], **expman: Any) -> Any:
+    repo = make_repo({"backend": "process", "checkpoint": CHECKPOINT, **expman}, job)
+    repo.commit({"job.py": STEPS}, "a program that checkpoints")
+    return repo
+
+
+def _results(run: Path) -> dict[str, Any]:
+    return json.loads((run / "output" / "results.json").read_text())
+
+
+def _snapshot_step(run: Path) -> tuple[int, int] | None:
+    """(seq, step) of the run's newest verified snapshot, once it holds a step."""
+    found = checkpoint.newest(RunDir(run))
+    if found is None:
+        return None
+    return found.seq, json.loads((found.path / "data" / "ckpt" / "state.json").read_text())["step"]
+
+
+def _only_run(runs_root: Path) -> Path:
+    (run,) = [p for p in runs_root.iterdir() if (p / "run.json").exists()]
+    return run
+
+
+# --- the store on its own ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    made = create_run_dir(tmp_path / "runs")
+    (made.output / "ckpt").mkdir()
+    (made.output / "ckpt" / "state.json").write_text('{"step": 1}')
+    return made
+
+
+def _take(run: RunDir, max_bytes: int = 1 << 20) -> checkpoint.Snapshot | None:
+    return checkpoint.snapshot(run, ["ckpt/"], "interval", max_bytes, attempt=1)
+
+
+def test_a_snapshot_is_taken_only_when_something_changed_and_replaces_the_older(run: RunDir) -> None:
+    first = _take(run)
+    assert first is not None and first.seq == 1 and _take(run) is None
+    os.utime(run.output / "ckpt" / "state.json", ns=(1, 1))
+    assert _take(run) is None  # touched, not changed
+    (run.output / "ckpt" / "state.json").write_text('{"step": 2}')
+    second = _take(run)
+    assert second is not None and second.seq == 2
+    assert [p.name for p in (run.path / "checkpoints").iterdir()] == ["000002"]
+    entry = second.files[0]
+    assert entry["path"] == "ckpt/state.json" and entry["size"] == 11 and len(entry["sha256"]) == 64
+
+
+def test_a_crashed_snapshot_is_ignored_then_cleaned_and_a_damaged_one_passed_over(run: RunDir) -> None:
+    good = _take(run)
+    assert good is not None
+    store = run.path / "checkpoints"
+    crashed = store / f".tmp-{socket.gethostname()}-{_dead_pid()}-abcdef"
+    (crashed / "data").mkdir(parents=True)
+    (store / "000007").mkdir()
+    (store / "000007" / "manifest.json").write_text('{"files": [')  # cut short
+    shutil.copytree(good.path, store / "000008")
+    (store / "000008" / "data" / "ckpt" / "state.json").write_text('{"step": 9}')  # same size, other bytes
+    newest = checkpoint.newest(run)
+    assert newest is not None and newest.seq == 1
+    (run.output / "ckpt" / "state.json").write_text('{"step": 3}')
+    assert _take(run) is not None
+    assert not crashed.exists()
+
+
+def test_restore_replaces_what_a_killed_attempt_left(run: RunDir) -> None:
+    assert _take(run) is not None
+    (run.output / "ckpt" / "state.json").write_text('{"st')  # half-written
+    (run.output / "ckpt" / "half.bin").write_bytes(b"\0" * 3)
+    restored = checkpoint.restore(run, ["ckpt"])
+    assert restored is not None and restored.seq == 1
+    assert sorted(p.name for p in (run.output / "ckpt").iterdir()) == ["state.json"]
+    assert (run.output / "ckpt" / "state.json").read_text() == '{"step": 1}'
+    assert _take(run) is None  # restored with its mtime: nothing changed
+
+
+def test_an_oversize_snapshot_is_refused_and_the_previous_kept(run: RunDir) -> None:
+    assert _take(run, max_bytes=100) is not None
+    (run.output / "ckpt" / "big.bin").write_bytes(b"x" * 200)
+    with pytest.raises(CheckpointError, match="over max_mb"):
+        _take(run, max_bytes=100)
+    kept = checkpoint.newest(run)
+    assert kept is not None and kept.seq == 1 and [f["path"] for f in kept.files] == ["ckpt/state.json"]
+
+
+def test_nothing_to_snapshot_or_restore_is_no_error(tmp_path: Path) -> None:
+    empty = create_run_dir(tmp_path / "runs")
+    assert _take(empty) is None and checkpoint.restore(empty, ["ckpt"]) is None
+
+
+@pytest.mark.parametrize("path", ["../x", "/abs", "ckpt/../../x", ".", "./"])
+def test_a_path_that_escapes_the_output_is_refused(path: str) -> None:
+    text = json.dumps({"expman": {"command": ["x"], "checkpoint": {"paths": ["ok/", path]}}})
+    with pytest.raises(ConfigError, match=r"expman\.checkpoint\.paths\.1: .* not a path inside the output") as exc:
+        load_config(text, "config.json")
+    assert exc.value.exit_code == 3
+
+
+def test_checkpoint_settings_have_defaults() -> None:
+    text = json.dumps({"expman": {"command": ["x"], "checkpoint": {"paths": ["ckpt/"]}}})
+    settings = load_config(text, "config.json").settings.checkpoint
+    assert settings is not None and (settings.interval_s, settings.max_bytes) == (300.0, 100 * 2**20)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+# --- supervised: workers, oversize, Slurm, fork --------------------------------------------------
+
+
+def test_a_killed_workers_run_resumes_from_its_newest_snapshot(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    """kill -9 of the worker (and of its program): a worker taking over the job after the
+    lease starts the program from the newest snapshot, whatever the killed attempt left
+    half-written; its step counter goes on to the end."""
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    repo = _repo(make_repo, {"steps": 200}, queue={"lease": "2s"})
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    run = _only_run(runs_root)
+    first = _worker(url, dict(os.environ))
+    _wait(lambda: (_snapshot_step(run) or (0, 0))[1] > 0, "a snapshot of the first attempt")
+    first.kill()
+    first.communicate()
+    program = read_record(run)["pid"]
+    os.killpg(program, signal.SIGKILL)
+    _wait(lambda: not alive(program), "the first attempt's program to end")
+    seq, saved = _snapshot_step(run) or (0, 0)
+    (run / "output" / "ckpt" / "state.json").write_text('{"step": ')  # killed mid-write
+    (run / "output" / "ckpt" / "half.bin").write_bytes(b"\0" * 100)
+    second = _worker(url, dict(os.environ))
+    output, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, output
+    record = read_record(run)
+    assert record["status"] == "succeeded", record["reason"]
+    assert record["attempts"][1]["restored"]["snapshot"] == seq == record["restored"]["snapshot"]
+    results = _results(run)
+    assert saved > 0 and results["resumed_from"] == saved and results["final_step"] == 200
+    assert (results["found"], results["attempt"], results["resumed"]) == (["state.json"], "2", "1")
+    assert record["snapshot"]["reason"] == "end" and (_snapshot_step(run) or (0, 0))[1] == 200
+
+
+def test_an_oversize_snapshot_warns_and_keeps_the_previous(make_repo: Any, runs_root: Path) -> None:
+    repo = _repo(make_repo, {"steps": 3, "big_at": 2})
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "expman", "submit", "-C", str(repo.path), "--detach"], env=dict(os.environ)
+    )
+    assert submit.wait(timeout=120) == 0
+    run = _only_run(runs_root)
+    _wait(lambda: _snapshot_step(run), "a first snapshot")
+    (run / "output" / "go").write_text("")
+    _wait(lambda: _status(run) not in ("queued", "running"), "the run to end")
+    record = read_record(run)
+    assert record["status"] == "succeeded", record["reason"]
+    assert any("over max_mb" in w for w in record["warnings"]), record["warnings"]
+    kept = checkpoint.newest(RunDir(run))
+    assert kept is not None and [f["path"] for f in kept.files] == ["ckpt/state.json"]
+    assert record["snapshot"]["snapshot"] == kept.seq
+    assert _results(run)["final_step"] == 3
+
+
+def test_a_requeued_slurm_job_resumes_from_its_snapshot(make_repo: Any, runs_root: Path, slurm: Any) -> None:
+    repo = _repo(make_repo, {"steps": 400}, backend="slurm", slurm={"runtime": "process", "requeue": True})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    (record,) = wait_all(runs_root, {"running"})
+    run = runs_root / record["run_id"]
+    _wait(lambda: (_snapshot_step(run) or (0, 0))[1] > 0, "a snapshot of the first attempt")
+    env = slurm.environ | _path()
+    subprocess.run(["scontrol", "requeue", record["job_id"]], check=True, env=env)
+    _release_the_requeue_hold(record["job_id"], env)
+    (record,) = wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
+    assert record["status"] == "succeeded", record["reason"]
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
+    assert "restored" not in record["attempts"][0] and record["attempts"][1]["restored"]["attempt"] == 1
+    results = _results(run)
+    assert results["resumed_from"] > 0 and results["final_step"] == 400
+    assert (results["attempt"], results["resumed"]) == ("2", "1")
+
+
+def test_a_forked_child_starts_from_its_parents_snapshot(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    repo = _repo(make_repo, {"steps": 5})
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    parent = RunDir(_only_run(runs_root))
+    repo.set_job(steps=8)
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    (child,) = [RunDir(p) for p in runs_root.iterdir() if (p / "run.json").exists() and p != parent.path]
+    forked = checkpoint.fork(parent, child)
+    assert forked is not None and forked.manifest["forked_from"]["run"] == parent.run_id
+    worker = _worker(url, dict(os.environ))
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 0, output
+    results = _results(child.path)
+    assert (results["resumed_from"], results["final_step"], results["attempt"], results["resumed"]) == (5, 8, "1", "1")
+    assert read_record(child.path)["attempts"][0]["restored"]["snapshot"] == forked.seq
+
+
+def test_a_parent_without_a_sound_snapshot_forks_nothing(run: RunDir, tmp_path: Path) -> None:
+    child = create_run_dir(tmp_path / "runs")
+    taken = _take(run)
+    assert taken is not None
+    (taken.path / "data" / "ckpt" / "state.json").write_text('{"step": 7}')  # damaged
+    assert checkpoint.fork(run, child) is None
+    shutil.rmtree(taken.path)
+    assert checkpoint.fork(run, child) is None
+    assert checkpoint.newest(child) is None
