@@ -22,6 +22,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ConfigError
 from .patterns import compile_patterns
+from .search import parse_search
 from .sweep import expand_sweep
 
 CONFIG_FILE = "config.json"
@@ -46,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "hosts": {},
     "slurm": {},
     "sweep": {},
+    "search": {},
     "queue": {},
     "checkpoint": None,
 }
@@ -206,6 +208,7 @@ class ExpmanSettings:
     hosts: dict[str, HostSettings] = field(default_factory=dict)
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     sweep: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] = field(default_factory=dict)  # parsed by experiment.search when searched
     queue: QueueSettings = field(default_factory=QueueSettings)
     checkpoint: CheckpointSettings | None = None
 
@@ -319,6 +322,8 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
         parse_slurm_time(section["slurm"]["time"])
     if section.get("sweep"):
         expand_sweep(document)
+    if section.get("search"):
+        parse_search(document)  # a space in a file of the commit is checked when the search starts
     if project_schema is not None:
         rest = {k: v for k, v in document.items() if k != SECTION}
         _validate(rest, _load_project_schema(project_schema), origin)

@@ -89,7 +89,7 @@ def _axes(document: dict[str, Any], sweep: dict[str, Any]) -> list[list[dict[str
         if key == ZIP:
             axes.extend(_zip_groups(document, spec))
         else:
-            _check_key(document, key)
+            check_key(document, key)
             axes.append([{key: value} for value in values_of(f"expman.sweep.{key}", spec)])
     keys = [key for axis in axes for key in axis[0]]
     twice = sorted({key for key in keys if keys.count(key) > 1})
@@ -189,7 +189,7 @@ def _zip_groups(document: dict[str, Any], spec: Any) -> list[list[dict[str, Any]
             raise ConfigError(f"{where}: a zip group maps keys to equally long lists, e.g. {example}")
         columns = {}
         for key, values in group.items():
-            _check_key(document, key)
+            check_key(document, key)
             columns[key] = values_of(f"{where}.{key}", values)
         lengths = {key: len(values) for key, values in columns.items()}
         if len(set(lengths.values())) > 1:
@@ -206,12 +206,12 @@ def _merge(parts: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 
 
 def effective_config(document: dict[str, Any], combination: Combination) -> dict[str, Any]:
-    """The document with this combination's values set and the "sweep" key dropped. Only the
+    """The document with this combination's values set and "sweep" and "search" dropped. Only the
     objects on the way to a swept key are copied; the rest is shared with ``document`` (a
     sweep of thousands need not copy it thousands of times), so treat the result as read-only."""
     result = dict(document)
     if isinstance(result.get(SECTION), dict):
-        result[SECTION] = {k: v for k, v in result[SECTION].items() if k != "sweep"}
+        result[SECTION] = {k: v for k, v in result[SECTION].items() if k not in ("sweep", "search")}
     copied = {id(result)}
     for key, value in combination.values.items():
         *parents, leaf = key.split(".")
@@ -225,11 +225,13 @@ def effective_config(document: dict[str, Any], combination: Combination) -> dict
     return result
 
 
-def _check_key(document: dict[str, Any], key: str) -> None:
+def check_key(document: dict[str, Any], key: str, section: str = "expman.sweep") -> None:
+    """``key`` names a value of config.json outside the expman section; ``section`` is where
+    the key was given, for the error."""
     parts = key.split(".")
-    where = f"expman.sweep: {key!r}"
+    where = f"{section}: {key!r}"
     if parts[0] == SECTION:
-        raise ConfigError(f"{where} sweeps expman's own settings; sweep the experiment's parameters only")
+        raise ConfigError(f"{where} varies expman's own settings; vary the experiment's parameters only")
     node: Any = document
     for depth, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:

@@ -392,6 +392,52 @@ class Queue:
         )
         return [Job.from_row(row) for row in rows]
 
+    def jobs_with_keys(self, keys: Sequence[str]) -> dict[str, Job]:
+        """The newest job of each key among ``keys`` that has one (a key cancelled and
+        scheduled again has several)."""
+
+        def query() -> dict[str, Job]:
+            found: dict[str, Job] = {}
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ", ".join("?" for _ in chunk)
+                rows = self._execute(
+                    f"SELECT {_JOB_COLUMNS} FROM {self.jobs} WHERE key IN ({marks}) ORDER BY id", chunk
+                ).fetchall()
+                found.update((job.key, job) for job in map(Job.from_row, rows))
+            return found
+
+        return self._run(query) if keys else {}
+
+    def hold(self, name: str, holder: str, seconds: float, take_from: str | None = None) -> str:
+        """Hold the named lock for ``seconds`` (again, if ``holder`` has it; or taken over from
+        ``take_from``, a holder known to be gone). Returns the holder after the attempt: ours
+        when we hold it."""
+        holds = f"{self.dialect.prefix}_holds"
+
+        def update() -> str:
+            self._execute(
+                f"""CREATE TABLE IF NOT EXISTS {holds} (
+                    name TEXT PRIMARY KEY, holder TEXT NOT NULL, until DOUBLE PRECISION NOT NULL)"""
+            )
+            with self._transaction():
+                row = self._execute(
+                    f"""INSERT INTO {holds} (name, holder, until) VALUES (?, ?, NOW + ?)
+                        ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                        WHERE {holds}.until < NOW OR {holds}.holder = excluded.holder OR {holds}.holder = ?
+                        RETURNING holder""",
+                    (name, holder, seconds, take_from or holder),
+                ).fetchone()
+                if row is not None:
+                    return str(row[0])
+                return str(self._execute(f"SELECT holder FROM {holds} WHERE name = ?", (name,)).fetchone()[0])
+
+        return self._run(update)
+
+    def release(self, name: str, holder: str) -> None:
+        holds = f"{self.dialect.prefix}_holds"
+        self._run(lambda: self._execute(f"DELETE FROM {holds} WHERE name = ? AND holder = ?", (name, holder)))
+
     def cancel(self, sweep_id: str | None = None, run_id: str | None = None) -> tuple[list[Job], list[Job]]:
         """Pending jobs (of a sweep, or one run's) become cancelled; running ones are asked to
         stop (their worker sees it at its next heartbeat). Returns (cancelled, asked)."""

@@ -25,7 +25,7 @@ from ..experiment.config import SECTION
 from ..experiment.patterns import compile_patterns
 from ..rundir.layout import RunDir, list_runs
 from .cache import Cache, CachedScalars
-from .filters import Condition, parse_conditions
+from .filters import Condition, parse_conditions, resolve_column
 from .flatten import flatten_config, read_config, read_json, read_results
 from .options import DEFAULT_STATS, KEEP_MODES
 from .scalars import RunScalars, event_files, file_signature, match_keys, read_run_scalars, summarize
@@ -114,6 +114,15 @@ def load_runs(
     for condition in conditions:
         frame = frame[condition.mask(frame)]
     return frame.reset_index(drop=True)
+
+
+def run_value(run: RunDir, name: str) -> Any:
+    """One value of one run, named as ``expman table --value`` names it (a results key, a
+    stdout pattern, ``tb:TAG:STAT``); a UsageError when the run has no such value."""
+    info = RunInfo(run, read_json(run.record), read_config(run.config))
+    stats = tuple(sorted({name.rpartition(":")[2]})) if name.startswith("tb:") else ()
+    row = _row(info, Cache(run.path.parent, True), None, stats, "last", True)
+    return row[resolve_column(list(row), name)]
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:

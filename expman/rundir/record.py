@@ -106,6 +106,7 @@ class RunRecord:
     slurm: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None  # a point of a search: study, trial, params (segment, generation, parent)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     # Checkpoints: the configured paths, interval and size limit; the snapshot this attempt
     # started from (None: a fresh start); the newest snapshot taken.

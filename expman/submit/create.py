@@ -63,8 +63,10 @@ def create_runs(
     reporter: Reporter,
     specs: list[RunSpec] | None = None,
     annotate: Callable[[RunSpec, RunRecord], None] | None = None,
+    archive_of: RunDir | None = None,
 ) -> list[tuple[RunDir, RunRecord]]:
-    """One queued run directory per spec (default: all of the plan's), sharing one archive.
+    """One queued run directory per spec (default: all of the plan's), sharing one archive
+    (``archive_of``'s, when given: a search adds its points one call at a time).
     ``annotate`` adds to a record before it is first written. Only the archive and the runs
     root's directory are synced (once), not each run's files: a crash may lose a queued run,
     as any passing state, but syncing the whole filesystem would make a schedule wait for
@@ -82,7 +84,7 @@ def create_runs(
         if annotate is not None:
             annotate(spec, record)
         try:
-            _write_new_run(plan, run, record, runs[0][0] if runs else None, spec, clock)
+            _write_new_run(plan, run, record, runs[0][0] if runs else archive_of, spec, clock)
         except ExpmanError as exc:
             end_unstarted(runs, clock, exc)
             raise
@@ -90,7 +92,7 @@ def create_runs(
         if len(specs) <= MAX_LISTED_RUNS:
             where = f"run {run.run_id} at {run.path}"
             reporter.info(where if record.sweep is None else f"{where} ({spec.combination.label})")
-    if runs:  # the shared archive and the new entries on disk; records stay unsynced, as queued states are
+    if runs and archive_of is None:  # the shared archive and the new entries on disk; queued records stay unsynced
         sync_paths(runs[0][0].code_tar, plan.runs_root)
     if len(specs) > MAX_LISTED_RUNS:
         reporter.info(f"{len(specs)} runs under {plan.runs_root} (sweep {sweep_id(plan)})")
@@ -126,7 +128,8 @@ def _write_new_run(
             link_or_copy(first.code_tar, run.code_tar)
         else:
             write_archive(plan.repo, plan.commit, run.code_tar)
-        config = plan.config_bytes if record.sweep is None else json_bytes(spec.document, sort_keys=False)
+        committed = spec.document is plan.config.document
+        config = plan.config_bytes if committed else json_bytes(spec.document, sort_keys=False)
         try:
             run.config.write_bytes(config)
         except OSError as exc:
