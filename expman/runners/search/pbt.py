@@ -196,8 +196,9 @@ class PbtSteering(Steering):
     def _next_generation(self, generation: int) -> list[Child]:
         ranked = self._ranked(generation)
         cut = max(1, math.floor(len(ranked) * self.pbt.quantile)) if len(ranked) > 1 else 0
-        top = [m for m in ranked[:cut] if _snapshot_of(m)]
         bottom = {m.member for m in ranked[len(ranked) - cut :]} if cut else set()
+        # the best with a verified snapshot: a member without one is never exploited
+        top = [m for m in ranked[: len(ranked) - cut] if _snapshot_of(m)][:cut]
         children = []
         for member in range(self.pbt.population):
             rng = self._rng(generation + 1, member, 0)
@@ -238,11 +239,20 @@ class PbtSteering(Steering):
         return random.Random(f"{self.spec.seed}/{self.name}/{generation}/{member}/{attempt}")
 
     def _update_points(self) -> None:
-        """Points so far and to come: members still in the population, for the generations left."""
-        newest = max((m.generation for m in self.members.values()), default=0)
-        alive = sum(1 for line in self.lines.values() if not line or line[-1].outcome in ("succeeded", None))
-        to_come = alive * (self.pbt.fidelity.generations - 1 - newest) if self.members else self.spec.points
-        self.progress.points = self.progress.told + len(self.in_flight) + len(self.pending) + to_come
+        """Points told, in flight, and to come: each member's generations not made yet (and a
+        remake of a failed run that may still fall back), unless it has left the population."""
+        generations = self.pbt.fidelity.generations
+        to_come = 0
+        for line in self.lines.values():
+            if not line:
+                to_come += generations
+                continue
+            last = line[-1]
+            failed = last.outcome not in ("succeeded", None)
+            if failed and sum(1 for r in line if r.generation == last.generation) > MAX_FALLBACKS:
+                continue
+            to_come += generations - 1 - last.generation + (1 if failed else 0)
+        self.progress.points = self.progress.told + len(self.in_flight) + to_come
 
     # --- making children -----------------------------------------------------------
 
@@ -305,6 +315,7 @@ class PbtSteering(Steering):
         member = self.members.get(point.number)
         if member is not None:
             member.outcome, member.value = outcome.state, outcome.value
+        self._update_points()
 
 
 def _snapshot_of(run: Member) -> bool:
