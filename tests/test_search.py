@@ -306,7 +306,8 @@ def test_a_detached_search_of_points_in_docker(
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            trials = the_study(url).trials if (tmp_path / "queue.sqlite").exists() else []
+            names = optuna.study.get_all_study_names(open_storage(url)) if (tmp_path / "queue.sqlite").exists() else []
+            trials = the_study(url).trials if names else []
             if len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials):
                 break
             time.sleep(0.5)

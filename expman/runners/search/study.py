@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, QueueError
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     import optuna
 
 STUDY_PREFIX = "search"
+CREATE_TRIES = 5
+# What SQLite and PostgreSQL say when two processes make Optuna's tables at once.
+_CREATION_RACES = ("already exists", "UNIQUE constraint failed", "duplicate key")
 
 
 def optuna_module() -> Any:
@@ -45,11 +49,18 @@ def storage_url(queue_url: str) -> tuple[str, dict[str, Any]]:
 def open_storage(queue_url: str) -> optuna.storages.RDBStorage:
     optuna = optuna_module()
     url, options = storage_url(queue_url)
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=options)
-    except Exception as exc:  # SQLAlchemy's errors: a server that is down, a file that is not a database
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QueueError(f"cannot open the search's storage in {dialect_for(queue_url).shown}: {first}") from None
+    for attempt in range(1, CREATE_TRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=options)
+        except Exception as exc:  # SQLAlchemy's errors: a server that is down, a file that is not a database
+            text = str(exc).strip()
+            if attempt == CREATE_TRIES or not any(race in text for race in _CREATION_RACES):
+                first = text.splitlines()[0] if text else type(exc).__name__
+                raise QueueError(
+                    f"cannot open the search's storage in {dialect_for(queue_url).shown}: {first}"
+                ) from None
+            time.sleep(0.2 * attempt)  # another process is making Optuna's tables this moment
+    raise QueueError(f"cannot open the search's storage in {dialect_for(queue_url).shown}")
 
 
 def study_name(commit: str, spec: SearchSpec, segment: Any) -> str:
