@@ -100,7 +100,7 @@ def test_bash_completion_completes_subcommands(tmp_path, capsys):
         'COMP_LINE="expman s"; COMP_POINT=${#COMP_LINE}; _shtab_expman; printf "%s\\n" "${COMPREPLY[@]}"'
     )
     out = subprocess.run([bash, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert set(out.split()) == {"submit", "sweep", "schedule", "status", "sync", "show"}
+    assert set(out.split()) == {"submit", "sweep", "schedule", "search", "status", "sync", "show"}
 
 
 def test_global_dash_c_as_git_does(make_repo, tmp_path, monkeypatch, capsys):

@@ -100,8 +100,7 @@ class PointMaker:
 
     def make(self, point: Point) -> None:
         """The point's run directory (unless a killed steering made it already) and its job."""
-        existing = Path(point.run_dir) if point.run_dir else None
-        if existing is None or not (existing / "run.json").exists():
+        if point.run_dir is None or not RunDir(Path(point.run_dir)).record.exists():
             self._create_run(point)
         assert point.run_id is not None and point.run_dir is not None
         run = RunDir(Path(point.run_dir))
