@@ -16,16 +16,19 @@ from typing import Any
 
 import pytest
 
+from expman.backends.ssh import SSHBackend
 from expman.cli import main
 from expman.errors import CheckpointError, ConfigError
 from expman.experiment.config import load_config
 from expman.rundir import checkpoint
 from expman.rundir.layout import RunDir, create_run_dir
+from expman.rundir.record import load_record
 
 from .conftest import read_record
 from .helpers import alive
 from .test_queue import _status, _wait, _worker
 from .test_slurm_backend import _path, _release_the_requeue_hold, wait_all
+from .test_ssh_backend import host_entry
 
 # Counts steps, writing ckpt/state.json (write, then rename) at each; resumes from it when
 # it is there (a half-written one makes it fail). With "big_at", once at that step it waits
@@ -268,3 +271,28 @@ def test_a_parent_without_a_sound_snapshot_forks_nothing(run: RunDir, tmp_path: 
     shutil.rmtree(taken.path)
     assert checkpoint.fork(run, child) is None
     assert checkpoint.newest(child) is None
+
+
+def test_an_ssh_runs_checkpoints_travel_over_sftp(
+    make_repo: Any, sshd: Any, runs_root: Path, docker_client: Any
+) -> None:
+    """Snapshots of an ssh run are taken here from the host's output; a restore puts the
+    snapshot back there, replacing what a killed attempt left."""
+    repo = make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd)}, "checkpoint": CHECKPOINT}, {"steps": 5})
+    repo.commit({"job.py": STEPS}, "a program that checkpoints")
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    run = _only_run(runs_root)
+    record = read_record(run)
+    assert record["status"] == "succeeded", record["reason"]
+    assert (_snapshot_step(run) or (0, 0))[1] == 5 and record["snapshot"]["reason"] == "end"
+    there = Path(record["remote"]["path"]) / "output" / "ckpt"
+    (there / "state.json").write_text('{"step": ')
+    (there / "half.bin").write_bytes(b"\0" * 100)
+    assert checkpoint.restore(RunDir(run), ["ckpt/"]) is not None
+    backend = SSHBackend(dict(os.environ))
+    try:
+        backend.push_checkpoint(RunDir(run), load_record(RunDir(run)), ["ckpt/"])
+    finally:
+        backend.close()
+    assert [p.name for p in there.iterdir()] == ["state.json"]
+    assert json.loads((there / "state.json").read_text()) == {"step": 5}

@@ -162,6 +162,19 @@ class RemoteHost:
             f.write(data)
         self.sftp.posix_rename(partial, remote)
 
+    def remove(self, path: str) -> None:
+        """Remove a file or a whole directory; nothing there is no error."""
+        try:
+            attributes = self.sftp.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(attributes.st_mode or 0):
+            for entry in self.sftp.listdir_attr(path):
+                self.remove(posixpath.join(path, entry.filename))
+            self.sftp.rmdir(path)
+        else:
+            self.sftp.remove(path)
+
     def walk(self, top: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
         """(path relative to ``top``, attributes) of every regular file below ``top``."""
         pending = [""]

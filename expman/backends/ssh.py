@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import stat
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -24,6 +26,7 @@ import requests
 from ..errors import ConfigError, ConnectionLostError, DockerUnavailableError, ExpmanError, RemoteError
 from ..experiment.config import HostSettings
 from ..rundir import lifecycle
+from ..rundir.checkpoint import normalized
 from ..rundir.files import write_bytes_atomic
 from ..rundir.layout import RunDir
 from ..rundir.lifecycle import Recorder
@@ -276,6 +279,36 @@ class SSHBackend(LocalBackend):
             result.bytes += size or 0
         return result
 
+    def pull_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:
+        """Make the checkpoint paths of the local output what the host's output holds (files
+        whose size or mtime differ are copied), so that a snapshot here sees the program's."""
+        top = posixpath.join((record.remote or {})["path"], "output")
+        try:
+            with self.session(record) as remote:
+                for path in normalized(paths):
+                    there = dict(_walk_path(remote, top, path))
+                    _remove_others(run.output, path, set(there))
+                    for relative, attributes in there.items():
+                        if not _same_file(run.output / relative, attributes):
+                            remote.get(posixpath.join(top, relative), run.output / relative, attributes.st_mtime)
+        except (*_LINK_ERRORS, ExpmanError) as exc:
+            raise RemoteError(f"cannot read the checkpoint paths on {record.host}: {exc}") from None
+
+    def push_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:
+        """Replace the checkpoint paths of the host's output by those restored here, before the
+        program starts there (a retry on another host, say)."""
+        top = posixpath.join((record.remote or {})["path"], "output")
+        try:
+            with self.session(record) as remote:
+                for path in normalized(paths):
+                    remote.remove(posixpath.join(top, path))
+                    for local in _files_under(run.output / path):
+                        target = posixpath.join(top, local.relative_to(run.output).as_posix())
+                        remote.makedirs(posixpath.dirname(target))
+                        remote.put(local, target)
+        except (*_LINK_ERRORS, ExpmanError) as exc:
+            raise RemoteError(f"cannot restore the checkpoint paths on {record.host}: {exc}") from None
+
     def _copy_logs(self, run: RunDir, record: RunRecord) -> None:
         """The container's whole stdout and stderr, redacted, replace the local logs."""
         for name, path in (("stdout", run.stdout_log), ("stderr", run.stderr_log)):
@@ -387,6 +420,40 @@ class RemoteExecution(ContainerExecution):
             self.pump(frames, self._sink)
         except _LINK_ERRORS:
             self._lost = True
+
+
+def _walk_path(remote: RemoteHost, top: str, path: str) -> Iterator[tuple[str, Any]]:
+    """(path relative to the output, attributes) of the regular files at or under ``path``."""
+    try:
+        attributes = remote.sftp.stat(posixpath.join(top, path))
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(attributes.st_mode or 0):
+        yield path, attributes
+    elif stat.S_ISDIR(attributes.st_mode or 0):
+        for relative, found in remote.walk(posixpath.join(top, path)):
+            yield posixpath.join(path, relative), found
+
+
+def _same_file(local: Path, attributes: Any) -> bool:
+    try:
+        current = local.stat()
+    except FileNotFoundError:
+        return False
+    return current.st_size == attributes.st_size and int(current.st_mtime) == attributes.st_mtime
+
+
+def _files_under(top: Path) -> list[Path]:
+    if top.is_file():
+        return [top]
+    return [p for p in top.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def _remove_others(output: Path, path: str, keep: set[str]) -> None:
+    """Local files under ``path`` the host no longer has (the program removed them)."""
+    for local in _files_under(output / path):
+        if local.relative_to(output).as_posix() not in keep:
+            local.unlink()
 
 
 def _link(settings: HostSettings) -> tuple[Any, ...]:
