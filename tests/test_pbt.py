@@ -97,14 +97,13 @@ def test_pbt_generations_fork_their_parents_snapshots_and_the_lineage_is_right(
 
     def between_steps(seconds: float) -> None:
         """After generation 1 has ended, before generation 2 is decided: remove the snapshot of
-        a generation-1 run that exploited another member (its parent is not its own line)."""
-        runs = steering.members.values()
-        gen1 = [m for m in runs if m.generation == 1]
-        if not removed and len(gen1) == 4 and all(m.outcome for m in gen1) and not steering.pending:
-            if not any(m.generation == 2 for m in runs):
-                victim = next(m for m in gen1 if m.origin != "exploit")
-                shutil.rmtree(Path(victim.run_dir) / "checkpoints")
-                removed.append(victim.run_dir)
+        generation 1's best run, whose member then has no snapshot of its own to continue from."""
+        gen1 = [m for m in steering.members.values() if m.generation == 1]
+        if not removed and len(gen1) == 4 and all(m.outcome for m in gen1):
+            assert not steering.pending and not any(m.generation == 2 for m in steering.members.values())
+            victim = max(gen1, key=lambda m: m.value or 0)
+            shutil.rmtree(Path(victim.run_dir) / "checkpoints")
+            removed.append(victim.run_dir)
         time.sleep(seconds)
 
     pool = workers(url, 4)
@@ -134,12 +133,13 @@ def test_pbt_generations_fork_their_parents_snapshots_and_the_lineage_is_right(
         worst = next(m for m in members if m.generation == generation and m.member == ranked[-1].member)
         best = next(m for m in ranked if m.run_dir not in removed)
         assert worst.origin == "exploit" and worst.parent == best.run_id
-    (victim,) = removed  # its member's next run fell back to the member's own earlier run
+    (victim,) = removed  # its member continues from its own line's newest run with a snapshot
     lost = next(m for m in members if m.run_dir == victim)
     child = next(m for m in members if m.generation == 2 and m.member == lost.member)
-    if child.origin != "exploit":
-        assert child.origin == "ancestor" and by_run[child.parent].member == lost.member
-        assert by_run[child.parent].generation == 0
+    assert child.origin == "ancestor" and child.parent is not None
+    ancestor = by_run[child.parent]
+    assert (ancestor.member, ancestor.generation) == (lost.member, 0)  # its own tree, not the one it jumped to
+    assert results(child.run_dir)["resumed_from"] == 2
     assert not any(m.parent == lost.run_id for m in members)  # never exploited: no snapshot
 
     capsys.readouterr()
