@@ -19,6 +19,8 @@ import pytest
 
 from expman.cli import main
 from expman.queue import JobState, NewJob, open_queue
+from expman.rundir.layout import RunDir
+from expman.rundir.lifecycle import record_lock
 
 from .conftest import read_record
 
@@ -174,7 +176,8 @@ class TestQueueContract:
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:
         run, stale = _first_attempt_running(make_repo, runs_root, queue_url, seconds=4)
-        os.kill(stale.pid, signal.SIGSTOP)
+        with record_lock(RunDir(run)):  # the "running" record written, its lock let go: stop it after that
+            os.kill(stale.pid, signal.SIGSTOP)
         time.sleep(3)  # past the lease
         fresh = _worker(queue_url, dict(os.environ))
         _wait(lambda: len(read_record(run)["attempts"]) == 2 and _status(run) == "running", "attempt 2 to run")

@@ -30,13 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...experiment.plan import Plan
-from ...experiment.search import Dimension, SearchSpec
-from ...queue import Queue
+from ...experiment.search import Dimension
 from ...rundir import checkpoint
-from ...rundir.layout import Clock, RunDir, utc_now
+from ...rundir.layout import RunDir
 from .points import RUN_DIR, RUN_ID, Outcome, Point, point_key
-from .steer import Say, Steering
+from .steer import Steering
 from .study import suggest_all
 
 MAX_FALLBACKS = 2
@@ -72,21 +70,9 @@ class Child:
 class PbtSteering(Steering):
     """Generations of a population, each member-generation a point of the study."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        spec: SearchSpec,
-        segment: Any,
-        queue: Queue,
-        queue_url: str,
-        environ: Mapping[str, str],
-        argv: list[str],
-        say: Say,
-        clock: Clock = utc_now,
-    ) -> None:
-        super().__init__(plan, spec, segment, queue, queue_url, environ, argv, say, clock)
-        assert spec.pbt is not None
-        self.pbt = spec.pbt
+    def _setup(self) -> None:
+        assert self.spec.pbt is not None
+        self.pbt = self.spec.pbt
         self.lines: dict[int, list[Member]] = {m: [] for m in range(self.pbt.population)}
         self.members: dict[int, Member] = {}  # by trial number
         self.pending: list[Child] = []

@@ -122,6 +122,10 @@ class Steering:
         self.progress = Progress(self.name, spec.points)
         self.in_flight: dict[int, Point] = {}
         self.study: Any = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a kind of steering adds to its state."""
 
     def start(self) -> None:
         """Take the study (made now, or found again) and pick up where it was left."""
