@@ -321,3 +321,38 @@ def test_a_detached_search_of_points_in_docker(
     while "3 points evaluated" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert "3 points evaluated (0 failed)" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "space", "points"),
+    [
+        (
+            "grid",
+            {
+                "model.act": SPACE["model.act"],
+                "model.x": {"method": "uniform", "dimension": {"low": 0, "high": 1, "num": 2}},
+            },
+            6,
+        ),
+        ("cmaes", {"model.x": SPACE["model.x"], "model.y": SPACE["model.y"]}, 5),
+    ],
+)
+def test_grid_and_cmaes_searches(
+    tmp_path: Path, runs_root: Path, algorithm: str, space: dict[str, Any], points: int
+) -> None:
+    repo = search_repo(
+        tmp_path / "repo",
+        {"algorithm": algorithm, "space": space, "max_points": 5 if algorithm == "cmaes" else 50, "parallel": 2},
+    )
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    pool = workers(url, 2)
+    try:
+        assert main(["-C", str(repo.path), "search", "--queue", url, "--poll", "0.2"]) == 0
+    finally:
+        stop(pool)
+    trials = the_study(url).trials
+    assert len(trials) == points and all(t.state.name == "COMPLETE" for t in trials)
+    if algorithm == "grid":  # every point of the grid once, though max_points allows more
+        assert sorted((t.params["model.act"], t.params["model.x"]) for t in trials) == sorted(
+            (a, x) for a in ("relu", "tanh", "sigmoid") for x in (0.0, 1.0)
+        )

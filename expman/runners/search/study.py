@@ -80,7 +80,7 @@ def sampler(spec: SearchSpec, seed: int | None) -> optuna.samplers.BaseSampler:
     if spec.algorithm == "tpe":
         return samplers.TPESampler(seed=seed, constant_liar=spec.parallel > 1)
     if spec.algorithm == "grid":
-        return samplers.GridSampler({d.key: d.grid() for d in spec.space}, seed=seed)
+        return _grid_sampler(samplers.GridSampler)({d.key: d.grid() for d in spec.space}, seed=seed)
     if spec.algorithm == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -88,6 +88,18 @@ def sampler(spec: SearchSpec, seed: int | None) -> optuna.samplers.BaseSampler:
             raise ConfigError("expman.search.algorithm cmaes needs the cmaes package; pip install cmaes") from None
         return samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return samplers.RandomSampler(seed=seed)
+
+
+def _grid_sampler(base: type) -> type:
+    """Optuna's grid sampler, told its results by ask-and-tell: it stops the study when the
+    grid is done, which only works inside ``study.optimize`` (elsewhere it raises, and the
+    last result would be lost); the steering knows the grid's size and stops by itself."""
+
+    class AskAndTellGrid(base):  # type: ignore[misc, valid-type]
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskAndTellGrid
 
 
 def suggest_all(trial: optuna.Trial, space: tuple[Dimension, ...]) -> dict[str, Any]:
