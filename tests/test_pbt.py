@@ -212,3 +212,37 @@ def test_a_pbt_steering_killed_at_random_moments_makes_each_member_generation_on
         parent = by_run.get(trial.user_attrs["parent"])
         assert got["resumed_from"] == (results(parent.user_attrs["expman_run_dir"])["step"] if parent else 0)
     assert len(open_queue(url).jobs_of()) == 12
+
+
+def test_a_pending_child_whose_parent_lost_its_snapshot_starts_from_its_true_ancestor(
+    tmp_path: Path, runs_root: Path
+) -> None:
+    repo = pbt_repo(tmp_path / "repo", {"parallel": 1, "fidelity": {"key": "train.epochs", "step": 2, "max": 4}})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    environ = dict(os.environ)
+    plan = plan_submission(repo.path, None, None, environ)
+    queue = open_queue(url)
+    (steering,) = studies(plan, check(plan, environ), queue, url, environ, ["expman", "search"], lambda line: None)
+    removed: list[tuple[int, str]] = []
+
+    def between_steps(seconds: float) -> None:
+        """Once generation 1 is decided: the parent of a child that waits to be made loses its snapshot."""
+        exploiting = [c for c in steering.pending if c.origin == "exploit"]
+        if not removed and exploiting and exploiting[0].parent is not None:
+            parent = exploiting[0].parent
+            shutil.rmtree(Path(str(parent.run_dir)) / "checkpoints")
+            removed.append((exploiting[0].member, str(parent.run_id)))
+        time.sleep(seconds)
+
+    pool = workers(url, 1)
+    try:
+        steer([steering], poll_s=0.2, sleep=between_steps)
+    finally:
+        stop(pool)
+        queue.close()
+    ((member, lost_parent),) = removed
+    child = next(m for m in steering.members.values() if m.member == member and m.generation == 1)
+    assert child.origin == "ancestor" and child.parent != lost_parent
+    ancestor = next(m for m in steering.members.values() if m.run_id == child.parent)
+    assert (ancestor.member, ancestor.generation) == (member, 0)
+    assert results(str(child.run_dir))["resumed_from"] == 2 and child.outcome == "succeeded"

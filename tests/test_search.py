@@ -3,6 +3,7 @@ Optuna and real workers running the points with the process backend."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -158,11 +159,16 @@ def test_a_steering_killed_at_five_random_moments_resumes_the_same_study(
 ) -> None:
     repo = search_repo(tmp_path / "repo", {"max_points": 16, "parallel": 3}, {"sleep": 0.2})
     pool = workers(any_queue, 3)
-    moments = random.Random(14).sample([0.3, 0.6, 0.9, 1.2, 1.6, 2.0, 2.5], 5)
+    rng = random.Random(14)
     try:
-        for moment in moments:
+        for _ in range(5):  # each kill comes at a random moment once the steering has queued 1-3 more points
             steering = steer(repo, any_queue)
-            time.sleep(moment)
+            target = len(open_queue(any_queue).jobs_of()) + rng.randint(1, 3)
+            deadline = time.monotonic() + 120
+            while len(open_queue(any_queue).jobs_of()) < target and steering.poll() is None:
+                assert time.monotonic() < deadline, "the steering queued nothing"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.3))
             steering.kill()
             steering.wait()
         steering = steer(repo, any_queue)
@@ -176,8 +182,8 @@ def test_a_steering_killed_at_five_random_moments_resumes_the_same_study(
     assert len(study.trials) == 16 and all(t.state.name == "COMPLETE" for t in study.trials)
     jobs = open_queue(any_queue).jobs_of()
     assert len(jobs) == 16 and len({j.key for j in jobs}) == 16 and {j.state for j in jobs} == {"succeeded"}
-    runs = {p.name: p for p in run_dirs(runs_root) if (p / "run.json").exists()}
-    assert sorted(runs) == sorted(j.run_id for j in jobs)
+    runs = {p.name: p for p in run_dirs(runs_root)}
+    assert sorted(runs) == sorted(j.run_id for j in jobs)  # and no directory left half made
     for trial in study.trials:  # every result is in the study, each told once, from its own run
         run = runs[trial.user_attrs["expman_run_id"]]
         assert json.loads((run / "output" / "results.json").read_text())["loss"] == trial.value
@@ -268,6 +274,14 @@ def test_segments_are_independent_studies_shown_per_segment(
         ({"algorithm": "grid"}, 'a grid needs "num" values'),
         ({"population": 4}, 'only population-based training uses it; set "algorithm": "pbt"'),
         ({"algorithm": "pbt"}, "pbt needs {"),
+        (
+            {"algorithm": "pbt", "fidelity": {"key": "data.segment", "step": 1, "max": 3}},
+            "pbt starts each generation from its parent's snapshot",
+        ),
+        (
+            {"algorithm": "pbt", "fidelity": {"key": "data.segment", "step": 1, "max": 1e300}},
+            "generations; take larger steps",
+        ),
     ],
 )
 def test_a_bad_search_is_one_line_before_anything_is_queued(
@@ -301,7 +315,8 @@ def test_a_detached_search_of_points_in_docker(
     url = f"sqlite://{tmp_path / 'queue.sqlite'}"
     capsys.readouterr()
     assert main(["-C", str(repo.path), "search", "--queue", url, "--detach"]) == 0
-    assert "steering in the background" in capsys.readouterr().out
+    started = re.search(r"steering in the background \(pid (\d+)\)", capsys.readouterr().out)
+    assert started
     pool = workers(url, 2)
     try:
         deadline = time.monotonic() + 300
@@ -313,6 +328,8 @@ def test_a_detached_search_of_points_in_docker(
             time.sleep(0.5)
     finally:
         stop(pool)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(started[1]), signal.SIGKILL)
     records = [read_record(p) for p in run_dirs(runs_root)]
     assert len(records) == 3 and {(r["backend"], r["status"]) for r in records} == {("local", "succeeded")}
     assert all(r["container_id"] and r["search"]["trial"] in (0, 1, 2) for r in records)
@@ -356,3 +373,39 @@ def test_grid_and_cmaes_searches(
         assert sorted((t.params["model.act"], t.params["model.x"]) for t in trials) == sorted(
             (a, x) for a in ("relu", "tanh", "sigmoid") for x in (0.0, 1.0)
         )
+
+
+def test_cancelling_a_searchs_sweep_stops_it_and_tells_no_failed_value(
+    tmp_path: Path, runs_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = search_repo(tmp_path / "repo", {"max_points": 8, "parallel": 2, "failed_value": 1e9}, {"sleep": 30})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    steering = steer(repo, url)
+    pool = workers(url, 2)
+    try:
+        deadline = time.monotonic() + 60
+        while len(open_queue(url).jobs_of(states=["running"])) < 2:
+            assert time.monotonic() < deadline, "two points did not start"
+            time.sleep(0.1)
+        (sweep,) = {j.sweep_id for j in open_queue(url).jobs_of()}
+        cancel = [sys.executable, "-m", "expman", "cancel", "--sweep", str(sweep), "--queue", url]
+        done = subprocess.run(cancel, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out, _ = steering.communicate(timeout=120)
+    finally:
+        steering.kill()
+        stop(pool)
+    assert steering.returncode == 0 and "stopped early" in out, out
+    trials = the_study(url).trials
+    assert len(trials) == 2 and all(t.state.name == "FAIL" and t.value is None for t in trials)
+    assert {t.user_attrs["outcome"] for t in trials} == {"cancelled"}
+
+
+def test_show_before_any_search_makes_nothing(
+    tmp_path: Path, runs_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = search_repo(tmp_path / "repo", {"max_points": 2})
+    url = f"sqlite://{tmp_path / 'nowhere' / 'queue.sqlite'}"
+    assert main(["-C", str(repo.path), "search", "--show", "--queue", url]) == 2
+    assert "no search in" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()

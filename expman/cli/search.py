@@ -68,6 +68,8 @@ def cmd_search(args: argparse.Namespace, console: Console) -> int:
         p = steering.progress
         best = f"best {p.best:.6g} at trial {p.best_trial}" if p.best is not None else "no successful point"
         console.print(f"{p.study}: {p.told} points evaluated ({p.failed} failed), {best}", markup=False)
+        if p.stopped:
+            console.print(f"{p.study}: stopped early: {p.stopped}; 'expman search' goes on with it", markup=False)
     console.print(f"see them with: expman search --show{' --queue ' + url if args.queue else ''}", markup=False)
     return 0
 
@@ -120,7 +122,7 @@ def _show(args: argparse.Namespace, console: Console, environ: dict[str, str]) -
         names = [args.study]
     else:
         spec = search_of(repo, commit, config.document)
-        names = [study_name(commit, spec, segment) for segment in spec.segments]
+        names = [study_name(commit, spec, segment, url) for segment in spec.segments]
     summaries = summarize(url, names, args.top)
     if args.format == "json":
         emit_json(summaries)
@@ -130,7 +132,7 @@ def _show(args: argparse.Namespace, console: Console, environ: dict[str, str]) -
 
 
 def cmd_lineage(args: argparse.Namespace, console: Console) -> int:
-    from ..queue import queue_url
+    from ..queue import QUEUE_VARIABLE, queue_url
     from ..rundir.layout import find_run
     from ..rundir.record import load_record
     from ..runners.search import lineage
@@ -143,7 +145,8 @@ def cmd_lineage(args: argparse.Namespace, console: Console) -> int:
         if not record.search:
             raise UsageError(f"run {record.run_id} is not a point of a search; give a run of a pbt study")
         run_id, study = record.run_id, record.search["study"]
-        url = args.queue or (record.queue or {}).get("url") or url
+        # the recorded URL is the one shown, without connection options: --queue or EXPMAN_QUEUE first
+        url = args.queue or os.environ.get(QUEUE_VARIABLE) or (record.queue or {}).get("url") or url
     nodes = lineage.nodes(url, study)
     if args.format == "json":
         emit_json(lineage.schedule(nodes, run_id) if run_id else nodes)

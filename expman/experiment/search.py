@@ -34,6 +34,7 @@ METHODS = ("categorical", "uniformint", "uniform", "loguniform")
 ALGORITHMS = ("tpe", "random", "grid", "cmaes", "pbt")
 DIRECTIONS = ("minimize", "maximize")
 MAX_GRID_POINTS = 100_000
+MAX_GENERATIONS = 10_000
 WHERE = f"{SECTION}.search"
 
 
@@ -273,6 +274,13 @@ def _with_pbt(document: dict[str, Any], spec: SearchSpec, section: dict[str, Any
         raise ConfigError(f"{where}: step {step!r} exceeds max {top!r}")
     if key in {d.key for d in spec.space}:
         raise ConfigError(f"{where}.key: {key!r} is also searched; the fidelity grows by itself")
+    if top / step > MAX_GENERATIONS:
+        raise ConfigError(f"{where}: max / step is more than {MAX_GENERATIONS:,} generations; take larger steps")
+    if not document[SECTION].get("checkpoint"):
+        raise ConfigError(
+            f'{WHERE}.algorithm: pbt starts each generation from its parent\'s snapshot; add "checkpoint": '
+            '{"paths": [...]} to the expman section (README: Checkpoints)'
+        )
     exploit = _object(section.get("exploit", {}), f"{WHERE}.exploit", {"quantile"})
     explore = _object(section.get("explore", {}), f"{WHERE}.explore", {"factors", "resample"})
     quantile = _fraction(exploit.get("quantile", 0.25), f"{WHERE}.exploit.quantile")

@@ -57,6 +57,7 @@ class Heartbeat:
         self.url, self.worker_id, self._say = url, worker_id, say
         self.attempt: Attempt | None = None
         self.stopping: tuple[Attempt, float] | None = None  # the attempt it last sent SIGTERM to stop, and when
+        self._sent = self._taken = 0  # its SIGTERMs sent, and those the worker has taken for its own
         self._wake, self._closing = threading.Event(), threading.Event()
         self._next_look = 0.0
         self._worker_due = 0.0
@@ -77,6 +78,11 @@ class Heartbeat:
         self.attempt = attempt
         if time.monotonic() + CANCEL_POLL_S < self._next_look:
             self._wake.set()
+
+    def attempt_ended(self) -> None:
+        """The SIGTERMs sent for an attempt before it ended have all arrived (the flow took
+        them to stop it); only one sent from now on is still on its way."""
+        self._taken = self._sent
 
     def _run(self) -> None:
         queue: Queue | None = None
@@ -115,15 +121,18 @@ class Heartbeat:
             attempt.lost, attempt.cancel = state == "lost", state == "cancel"
         if attempt.lost or attempt.cancel:
             self.stopping = (attempt, time.monotonic())  # so the worker tells this SIGTERM from a user's
+            self._sent += 1
             os.kill(os.getpid(), signal.SIGTERM)  # again each beat until the attempt ends
 
     def sent(self, attempt: Attempt | None) -> bool:
         """Whether a SIGTERM arriving now is this thread's, for ``attempt`` (or for the
         attempt that has just ended): sent in the last SIGNAL_LATENCY_S."""
-        if self.stopping is None:
+        if self.stopping is None or self._taken >= self._sent:  # every one it sent has arrived: a user's
             return False
         stopped, when = self.stopping
-        return (attempt is None or attempt is stopped) and time.monotonic() - when < SIGNAL_LATENCY_S
+        mine = (attempt is None or attempt is stopped) and time.monotonic() - when < SIGNAL_LATENCY_S
+        self._taken += mine
+        return mine
 
     def _failed(self, exc: BaseException) -> None:
         if not self._failing:

@@ -243,6 +243,7 @@ class Worker:
                 return record
         finally:
             self._attempt = self._heartbeat.attempt = None
+            self._heartbeat.attempt_ended()
 
     def _interpret(self, attempt: Attempt) -> tuple[RunStatus, str]:
         """Why the program was stopped: the lease was lost, a cancel, or this worker stopping."""

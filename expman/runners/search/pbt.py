@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...errors import CheckpointError
 from ...experiment.search import Dimension
-from ...rundir import checkpoint
-from ...rundir.layout import RunDir
+from ...rundir import checkpoint, lifecycle
+from ...rundir.layout import RunDir, utc_now
+from ...rundir.record import RunStatus
 from .points import RUN_DIR, RUN_ID, Outcome, Point, point_key
 from .steer import Steering
 from .study import suggest_all
@@ -125,11 +127,13 @@ class PbtSteering(Steering):
 
     def step(self) -> bool:
         self.lock.renew()
-        changed = self._decide()
-        while self.pending and len(self.in_flight) < self.spec.parallel:
+        changed = self.progress.stopped is None and self._decide()
+        while self.pending and len(self.in_flight) < self.spec.parallel and self._may_ask():
             self._make(self.pending.pop(0))
             changed = True
-        return self._tell_ended() or changed
+        changed = self._tell_ended() or changed
+        self.progress.in_flight = len(self.in_flight)
+        return changed
 
     def _decide(self) -> bool:
         """Once nothing runs: the children of the newest generation not made yet (a kill came
@@ -243,6 +247,9 @@ class PbtSteering(Steering):
     # --- making children -----------------------------------------------------------
 
     def _make(self, child: Child) -> None:
+        if child.parent is not None and not _snapshot_of(child.parent):  # gone since the decision
+            ancestor = self._ancestor(child.member, child.generation - 1)
+            child = Child(child.member, child.generation, child.params, ancestor, "ancestor")
         attrs = {
             "member": child.member,
             "generation": child.generation,
@@ -267,7 +274,12 @@ class PbtSteering(Steering):
         self.in_flight[trial.number] = point
         self.members[trial.number] = member
         self.lines[member.member].append(member)
-        self.maker.make(point)
+        try:
+            self.maker.make(point)
+        except CheckpointError as exc:  # the parent's snapshot went away after it was checked
+            member.run_id, member.run_dir = point.run_id, point.run_dir
+            self._unforkable(point, exc.message)
+            return
         member.run_id, member.run_dir = point.run_id, point.run_dir
         how = {
             "start": "from scratch",
@@ -293,15 +305,24 @@ class PbtSteering(Steering):
     def _fork(self, point: Point, run: RunDir) -> None:
         """The child's output starts from a copy of its parent's newest snapshot."""
         parent_dir = point.extra.get("parent_dir")
-        if parent_dir and checkpoint.newest(run) is None:
-            checkpoint.fork(RunDir(Path(parent_dir)), run)
+        if parent_dir and checkpoint.newest(run) is None and checkpoint.fork(RunDir(Path(parent_dir)), run) is None:
+            raise CheckpointError(f"the snapshot of parent run {Path(parent_dir).name} is gone or damaged")
+
+    def _unforkable(self, point: Point, reason: str) -> None:
+        """A child that cannot start from its parent fails before it runs; the member falls
+        back to its true ancestor as for any failed child."""
+        if point.run_dir is not None:
+            failed = (RunStatus.FAILED, f"not started: {reason}")
+            lifecycle.end_if_not_final(RunDir(Path(point.run_dir)), utc_now(), lambda record: failed)
+        self._tell(point, Outcome(None, "failed", reason))
+        del self.in_flight[point.number]
 
     def _tell(self, point: Point, outcome: Outcome) -> None:
-        super()._tell(point, outcome)
         member = self.members.get(point.number)
         if member is not None:
             member.outcome, member.value = outcome.state, outcome.value
-        self._update_points()
+        self._update_points()  # a failed run adds its remake before the count is printed
+        super()._tell(point, outcome)
 
 
 def _snapshot_of(run: Member) -> bool:

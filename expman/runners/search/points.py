@@ -11,6 +11,7 @@ run's record is written, so a restart reuses it instead of leaving a queued run 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,8 @@ class PointMaker:
     def make(self, point: Point) -> None:
         """The point's run directory (unless a killed steering made it already) and its job."""
         if point.run_dir is None or not RunDir(Path(point.run_dir)).record.exists():
+            if point.run_dir is not None:  # made up to its record when the steering was killed
+                shutil.rmtree(point.run_dir, ignore_errors=True)
             self._create_run(point)
         assert point.run_id is not None and point.run_dir is not None
         run = RunDir(Path(point.run_dir))

@@ -49,10 +49,12 @@ class Progress:
     failed: int = 0
     best: float | None = None
     best_trial: int | None = None
+    stopped: str | None = None  # why the search stopped asking before its end (a cancel)
+    in_flight: int = 0
 
     @property
     def done(self) -> bool:
-        return self.told >= self.points
+        return self.told >= self.points or (self.stopped is not None and not self.in_flight)
 
 
 class StudyLock:
@@ -114,7 +116,7 @@ class Steering:
         clock: Clock = utc_now,
     ) -> None:
         self.spec, self.segment, self.queue, self.say = spec, segment, queue, say
-        self.name = study_name(plan.commit, spec, segment)
+        self.name = study_name(plan.commit, spec, segment, queue_url)
         self.optuna = optuna_module()
         self.storage = open_storage(queue_url)
         self.lock = StudyLock(queue, self.name)
@@ -147,6 +149,7 @@ class Steering:
                 self._resume(trial)
             elif trial.state.is_finished():
                 self._count(trial)
+        self.progress.in_flight = len(self.in_flight)
         resumed = f", {len(self.in_flight)} in flight" if self.in_flight else ""
         self.say(f"{self.name}: {self.progress.told} of {self.progress.points} points evaluated{resumed}")
 
@@ -170,10 +173,19 @@ class Steering:
         """Tell what ended, fill the free places; whether anything changed."""
         self.lock.renew()
         changed = self._tell_ended()
-        while len(self.in_flight) < self.spec.parallel and self._asked() < self.progress.points:
+        while len(self.in_flight) < self.spec.parallel and self._asked() < self.progress.points and self._may_ask():
             self._ask()
             changed = True
+        self.progress.in_flight = len(self.in_flight)
         return changed
+
+    def _may_ask(self) -> bool:
+        """Whether a new point may be asked: the search was not stopped, and this process still
+        holds the study (checked each time: a process stalled past its hold lost the study)."""
+        if self.progress.stopped is not None:
+            return False
+        self.lock.take()
+        return True
 
     def _asked(self) -> int:
         return self.progress.told + len(self.in_flight)
@@ -206,7 +218,10 @@ class Steering:
         for name, value in attrs.items():
             self.storage.set_trial_user_attr(point.trial_id, name, value)
         state = self.optuna.trial.TrialState
-        if outcome.value is not None:
+        if outcome.state == "cancelled":  # a user's cancel: no new points, and nothing for the sampler to learn
+            self.progress.stopped = f"trial {point.number} (run {point.run_id}) was cancelled"
+            told = self.study.tell(point.number, state=state.FAIL, skip_if_finished=True)
+        elif outcome.value is not None:
             told = self.study.tell(point.number, outcome.value, skip_if_finished=True)
         elif self.spec.failed_value is not None:
             told = self.study.tell(point.number, self.spec.failed_value, skip_if_finished=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ConfigError, QueueError
 from ...experiment.search import Dimension, SearchSpec
-from ...queue.dialects import PostgresDialect, SQLiteDialect, dialect_for
+from ...queue.dialects import DEFAULT_PREFIX, PostgresDialect, SQLiteDialect, dialect_for
 
 if TYPE_CHECKING:
     import optuna
@@ -63,10 +63,12 @@ def open_storage(queue_url: str) -> optuna.storages.RDBStorage:
     raise QueueError(f"cannot open the search's storage in {dialect_for(queue_url).shown}")
 
 
-def study_name(commit: str, spec: SearchSpec, segment: Any) -> str:
-    """The same search of the same commit is the same study, however often it is started;
-    each segment is a study of its own."""
-    digest = spec.digest(commit)
+def study_name(commit: str, spec: SearchSpec, segment: Any, queue_url: str) -> str:
+    """The same search of the same commit in the same queue is the same study, however often
+    it is started; each segment is a study of its own. Queues with their own tables in one
+    database (``?table=``) share Optuna's tables, so their name is part of the study's."""
+    prefix = dialect_for(queue_url).prefix
+    digest = spec.digest(commit) + ("" if prefix == DEFAULT_PREFIX else f"-{prefix}")
     if spec.segment_key is None:
         return f"{STUDY_PREFIX}-{commit[:8]}-{digest}"
     tag = hashlib.sha256(repr(segment).encode()).hexdigest()[:4]

@@ -11,12 +11,15 @@ from rich.console import Console
 from rich.table import Table
 
 from ...errors import UsageError
+from ...queue.dialects import dialect_for
 from .points import RUN_ID
 from .study import open_storage, optuna_module
 
 
 def summarize(queue_url: str, names: list[str], top: int) -> list[dict[str, Any]]:
     optuna = optuna_module()
+    if not dialect_for(queue_url).present():  # a look makes nothing
+        raise UsageError(f"no search in {dialect_for(queue_url).shown} yet; start one with: expman search")
     storage = open_storage(queue_url)
     known = set(optuna.study.get_all_study_names(storage))
     missing = [n for n in names if n not in known]
