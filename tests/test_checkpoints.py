@@ -11,17 +11,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from expman.backends.checkpointing import Checkpointing
+from expman.backends.process import ProcessBackend
 from expman.backends.ssh import SSHBackend
 from expman.cli import main
 from expman.errors import CheckpointError, ConfigError
 from expman.experiment.config import load_config
 from expman.rundir import checkpoint
 from expman.rundir.layout import RunDir, create_run_dir
+from expman.rundir.lifecycle import Recorder
 from expman.rundir.record import load_record
 
 from .conftest import read_record
@@ -401,3 +405,42 @@ def test_a_store_that_cannot_be_written_is_a_checkpoint_error(run: RunDir) -> No
     with pytest.raises(CheckpointError, match="checkpoints"):
         checkpoint.restore(run, ["ckpt"])
 
+
+class _LeaseRecorder(Recorder):
+    """A worker's recorder whose lease is gone: it notes when the snapshot thread asks."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run)
+        self.asked = threading.Event()
+
+    @property
+    def holds_run(self) -> bool:
+        self.asked.set()
+        return False
+
+
+def test_interval_snapshots_stop_once_the_lease_is_lost(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    """A new attempt elsewhere restores the newest snapshot: the attempt that lost the lease
+    must neither take another nor remove that one."""
+    repo = _repo(make_repo, {"steps": 1})
+    assert main(["schedule", "-C", str(repo.path), "--queue", f"sqlite://{tmp_path / 'queue.sqlite'}"]) == 0
+    run = RunDir(_only_run(runs_root))
+    (run.output / "ckpt").mkdir()
+    (run.output / "ckpt" / "state.json").write_text('{"step": 1}')
+    assert _take(run) is not None
+    (run.output / "ckpt" / "state.json").write_text('{"step": 2}')
+    record = load_record(run)
+    record.checkpoint = {**(record.checkpoint or {}), "interval_s": 0.01}
+    recorder = _LeaseRecorder(run)
+    checkpoints = Checkpointing(ProcessBackend(dict(os.environ)), run, record, recorder)
+    checkpoints.start()
+    try:
+        _wait(lambda: recorder.asked.is_set() or _newest_seq(run) != 1, "the thread to ask or snapshot")
+    finally:
+        checkpoints.close()
+    assert _newest_seq(run) == 1 and record.snapshot is None
+
+
+def _newest_seq(run: RunDir) -> int | None:
+    found = checkpoint.newest(run)
+    return None if found is None else found.seq
