@@ -21,7 +21,7 @@ from expman.backends.checkpointing import Checkpointing
 from expman.backends.process import ProcessBackend
 from expman.backends.ssh import SSHBackend
 from expman.cli import main
-from expman.errors import CheckpointError, ConfigError
+from expman.errors import CheckpointError, ConfigError, RemoteError
 from expman.experiment.config import load_config
 from expman.rundir import checkpoint
 from expman.rundir.layout import RunDir, create_run_dir
@@ -444,3 +444,37 @@ def test_interval_snapshots_stop_once_the_lease_is_lost(make_repo: Any, runs_roo
 def _newest_seq(run: RunDir) -> int | None:
     found = checkpoint.newest(run)
     return None if found is None else found.seq
+
+
+def test_an_ssh_runs_checkpoints_never_follow_a_link_on_the_host(
+    make_repo: Any, sshd: Any, runs_root: Path, docker_client: Any
+) -> None:
+    """The program controls the host's output: a checkpoint path made a link to the login
+    user's files is not copied here, and a restore does not write through a linked directory."""
+    repo = make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd)}, "checkpoint": CHECKPOINT}, {"steps": 2})
+    repo.commit({"job.py": STEPS}, "a program that checkpoints")
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    run = RunDir(_only_run(runs_root))
+    record = load_record(run)
+    there = Path((record.remote or {})["path"]) / "output"
+    owner = there.stat()
+    private = there.parent.parent.parent / f"private-{run.run_id}"  # in the login user's home
+    (private / "ckpt").mkdir(parents=True)
+    (private / "id_key").write_text("the secret")
+    (private / "ckpt" / "keep").write_text("keep")
+    for path in (private, private / "id_key", private / "ckpt", private / "ckpt" / "keep"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    shutil.rmtree(there / "ckpt")
+    (there / "ckpt").symlink_to(private)
+    (there / "deep").symlink_to(private)
+    (run.output / "deep" / "ckpt").mkdir(parents=True)
+    (run.output / "deep" / "ckpt" / "state.json").write_text("{}")
+    backend = SSHBackend(dict(os.environ))
+    try:
+        backend.pull_checkpoint(run, record, ["ckpt/"])
+        assert not (run.output / "ckpt" / "id_key").exists()
+        with pytest.raises(RemoteError, match="deep"):
+            backend.push_checkpoint(run, record, ["deep/ckpt"])
+    finally:
+        backend.close()
+    assert [p.name for p in (private / "ckpt").iterdir()] == ["keep"]
