@@ -11,17 +11,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from expman.backends.checkpointing import Checkpointing
+from expman.backends.process import ProcessBackend
 from expman.backends.ssh import SSHBackend
 from expman.cli import main
-from expman.errors import CheckpointError, ConfigError
+from expman.errors import CheckpointError, ConfigError, RemoteError
 from expman.experiment.config import load_config
 from expman.rundir import checkpoint
 from expman.rundir.layout import RunDir, create_run_dir
+from expman.rundir.lifecycle import Recorder
 from expman.rundir.record import load_record
 
 from .conftest import read_record
@@ -296,3 +300,183 @@ def test_an_ssh_runs_checkpoints_travel_over_sftp(
         backend.close()
     assert [p.name for p in there.iterdir()] == ["state.json"]
     assert json.loads((there / "state.json").read_text()) == {"step": 5}
+
+
+# --- a hostile program: it controls everything under its output --------------------------------
+
+
+def test_restore_never_writes_through_a_link_the_killed_attempt_left(run: RunDir, tmp_path: Path) -> None:
+    """The killed attempt planted links at the restore's old temporary name and on the way
+    to a checkpoint path: the restore refuses or replaces them, and never writes elsewhere."""
+    (run.output / "model.pt").write_bytes(b"weights")
+    assert checkpoint.snapshot(run, ["model.pt"], "interval", 1 << 20, attempt=1) is not None
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (run.output / ".model.pt.restoring").symlink_to(victim)
+    assert checkpoint.restore(run, ["model.pt"]) is not None
+    assert victim.read_text() == "keep" and (run.output / "model.pt").read_bytes() == b"weights"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ckpt").mkdir(parents=True)
+    (elsewhere / "ckpt" / "keep").write_text("keep")
+    (run.output / "deep" / "ckpt").mkdir(parents=True)
+    (run.output / "deep" / "ckpt" / "state.json").write_text("{}")
+    assert checkpoint.snapshot(run, ["deep/ckpt"], "interval", 1 << 20, attempt=1) is not None
+    shutil.rmtree(run.output / "deep")
+    (run.output / "deep").symlink_to(elsewhere)
+    with pytest.raises(CheckpointError, match="deep"):
+        checkpoint.restore(run, ["deep/ckpt"])
+    assert sorted(p.name for p in (elsewhere / "ckpt").iterdir()) == ["keep"]
+
+
+def test_restore_refuses_what_is_neither_file_nor_directory_on_the_way(run: RunDir) -> None:
+    (run.output / "deep" / "ckpt").mkdir(parents=True)
+    (run.output / "deep" / "ckpt" / "state.json").write_text("{}")
+    assert checkpoint.snapshot(run, ["deep/ckpt"], "interval", 1 << 20, attempt=1) is not None
+    shutil.rmtree(run.output / "deep")
+    os.mkfifo(run.output / "deep")
+    with pytest.raises(CheckpointError, match="deep"):
+        checkpoint.restore(run, ["deep/ckpt"])
+
+
+# Swaps ckpt/z between a file and a link to a secret, and ckpt/d between a directory and a
+# link to the secret's directory, as fast as it can.
+SWAPPER = """\
+import os, sys
+ckpt, secret = sys.argv[1], sys.argv[2]
+z, d = os.path.join(ckpt, "z"), os.path.join(ckpt, "d")
+n = 0
+while True:
+    n += 1
+    with open(z + ".f", "w") as f:
+        f.write(str(n))
+    os.symlink(secret, z + ".l")
+    os.replace(z + ".f", z)
+    os.makedirs(d + ".d")
+    with open(os.path.join(d + ".d", "x"), "w") as f:
+        f.write(str(n))
+    if os.path.islink(d):
+        os.unlink(d)
+    os.rename(d + ".d", d)
+    os.symlink(os.path.dirname(secret), d + ".l")
+    os.rename(d, d + ".old")
+    os.rename(d + ".l", d)
+    os.unlink(os.path.join(d + ".old", "x"))
+    os.rmdir(d + ".old")
+    os.replace(z + ".l", z)
+"""
+
+
+def test_a_snapshot_never_reads_through_a_link_swapped_in_meanwhile(run: RunDir, tmp_path: Path) -> None:
+    secret = tmp_path / "secrets" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("the secret")
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(run.output / "ckpt"), str(secret)])
+    held: list[str] = []
+    try:
+        _wait(lambda: (run.output / "ckpt" / "d").exists(), "the swapper to start")
+        for _ in range(5000):  # until z was copied often enough (the swapper may run slow)
+            if held.count("ckpt/z") >= 30:
+                break
+            taken = _take(run)
+            for f in taken.files if taken is not None else []:
+                held.append(f["path"])
+                assert b"secret" not in (taken.path / "data" / f["path"]).read_bytes(), f["path"]
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert swapper.returncode == -signal.SIGKILL
+    assert "ckpt/state.json" in held and "ckpt/z" in held and "ckpt/d/secret" not in held
+
+
+def test_a_link_loop_is_a_checkpoint_error_never_a_traceback(run: RunDir) -> None:
+    (run.output / "a" / "ckpt").mkdir(parents=True)
+    (run.output / "a" / "ckpt" / "state.json").write_text("{}")
+    assert checkpoint.snapshot(run, ["a/ckpt"], "interval", 1 << 20, attempt=1) is not None
+    shutil.rmtree(run.output / "a")
+    (run.output / "a").symlink_to("a")
+    (run.output / "ckpt" / "loop").symlink_to("loop")
+    assert checkpoint.snapshot(run, ["a/ckpt", "ckpt"], "interval", 1 << 20, attempt=1) is not None
+    with pytest.raises(CheckpointError, match="a/ckpt|symbolic link"):
+        checkpoint.restore(run, ["a/ckpt"])
+
+
+def test_a_store_that_cannot_be_written_is_a_checkpoint_error(run: RunDir) -> None:
+    (run.path / "checkpoints").write_text("not a directory")
+    with pytest.raises(CheckpointError, match="checkpoints"):
+        _take(run)
+    with pytest.raises(CheckpointError, match="checkpoints"):
+        checkpoint.restore(run, ["ckpt"])
+
+
+class _LeaseRecorder(Recorder):
+    """A worker's recorder whose lease is gone: it notes when the snapshot thread asks."""
+
+    def __init__(self, run: RunDir) -> None:
+        super().__init__(run)
+        self.asked = threading.Event()
+
+    @property
+    def holds_run(self) -> bool:
+        self.asked.set()
+        return False
+
+
+def test_interval_snapshots_stop_once_the_lease_is_lost(make_repo: Any, runs_root: Path, tmp_path: Path) -> None:
+    """A new attempt elsewhere restores the newest snapshot: the attempt that lost the lease
+    must neither take another nor remove that one."""
+    repo = _repo(make_repo, {"steps": 1})
+    assert main(["schedule", "-C", str(repo.path), "--queue", f"sqlite://{tmp_path / 'queue.sqlite'}"]) == 0
+    run = RunDir(_only_run(runs_root))
+    (run.output / "ckpt").mkdir()
+    (run.output / "ckpt" / "state.json").write_text('{"step": 1}')
+    assert _take(run) is not None
+    (run.output / "ckpt" / "state.json").write_text('{"step": 2}')
+    record = load_record(run)
+    record.checkpoint = {**(record.checkpoint or {}), "interval_s": 0.01}
+    recorder = _LeaseRecorder(run)
+    checkpoints = Checkpointing(ProcessBackend(dict(os.environ)), run, record, recorder)
+    checkpoints.start()
+    try:
+        _wait(lambda: recorder.asked.is_set() or _newest_seq(run) != 1, "the thread to ask or snapshot")
+    finally:
+        checkpoints.close()
+    assert _newest_seq(run) == 1 and record.snapshot is None
+
+
+def _newest_seq(run: RunDir) -> int | None:
+    found = checkpoint.newest(run)
+    return None if found is None else found.seq
+
+
+def test_an_ssh_runs_checkpoints_never_follow_a_link_on_the_host(
+    make_repo: Any, sshd: Any, runs_root: Path, docker_client: Any
+) -> None:
+    """The program controls the host's output: a checkpoint path made a link to the login
+    user's files is not copied here, and a restore does not write through a linked directory."""
+    repo = make_repo({"backend": "ssh", "hosts": {"box": host_entry(sshd)}, "checkpoint": CHECKPOINT}, {"steps": 2})
+    repo.commit({"job.py": STEPS}, "a program that checkpoints")
+    assert main(["submit", "-C", str(repo.path)]) == 0
+    run = RunDir(_only_run(runs_root))
+    record = load_record(run)
+    there = Path((record.remote or {})["path"]) / "output"
+    owner = there.stat()
+    private = there.parent.parent.parent / f"private-{run.run_id}"  # in the login user's home
+    (private / "ckpt").mkdir(parents=True)
+    (private / "id_key").write_text("the secret")
+    (private / "ckpt" / "keep").write_text("keep")
+    for path in (private, private / "id_key", private / "ckpt", private / "ckpt" / "keep"):
+        os.chown(path, owner.st_uid, owner.st_gid)
+    shutil.rmtree(there / "ckpt")
+    (there / "ckpt").symlink_to(private)
+    (there / "deep").symlink_to(private)
+    (run.output / "deep" / "ckpt").mkdir(parents=True)
+    (run.output / "deep" / "ckpt" / "state.json").write_text("{}")
+    backend = SSHBackend(dict(os.environ))
+    try:
+        backend.pull_checkpoint(run, record, ["ckpt/"])
+        assert not (run.output / "ckpt" / "id_key").exists()
+        with pytest.raises(RemoteError, match="deep"):
+            backend.push_checkpoint(run, record, ["deep/ckpt"])
+    finally:
+        backend.close()
+    assert [p.name for p in (private / "ckpt").iterdir()] == ["keep"]

@@ -13,14 +13,15 @@ import threading
 from ..errors import CheckpointError, ExpmanError
 from ..rundir.checkpoint import restore, snapshot
 from ..rundir.layout import RunDir
+from ..rundir.lifecycle import Recorder
 from ..rundir.record import RunRecord
 from .base import Backend
 
 
 class Checkpointing:
-    def __init__(self, backend: Backend, run: RunDir, record: RunRecord) -> None:
+    def __init__(self, backend: Backend, run: RunDir, record: RunRecord, recorder: Recorder) -> None:
         settings = record.checkpoint or {}
-        self._backend, self._run, self._record = backend, run, record
+        self._backend, self._run, self._record, self._recorder = backend, run, record, recorder
         self._paths: list[str] = list(settings.get("paths") or [])
         self._interval_s = float(settings.get("interval_s") or 300.0)
         self._max_bytes = int(settings.get("max_bytes") or 0)
@@ -29,9 +30,9 @@ class Checkpointing:
         self._warning: str | None = None  # the first trouble of the attempt; later ones repeat it
 
     @classmethod
-    def of(cls, backend: Backend, run: RunDir, record: RunRecord) -> Checkpointing | None:
+    def of(cls, backend: Backend, run: RunDir, record: RunRecord, recorder: Recorder) -> Checkpointing | None:
         """The run's checkpoints, when its config has a "checkpoint" section."""
-        return cls(backend, run, record) if record.checkpoint else None
+        return cls(backend, run, record, recorder) if record.checkpoint else None
 
     def restore(self) -> None:
         """Before the program starts: the newest verified snapshot replaces the checkpoint
@@ -63,7 +64,9 @@ class Checkpointing:
             self._thread = None
 
     def _every_interval(self) -> None:
-        while not self._stopped.wait(self._interval_s):
+        # An attempt that lost its lease stops at once: the next attempt may be restoring the
+        # newest snapshot, which a snapshot of this one would replace and remove.
+        while not self._stopped.wait(self._interval_s) and self._recorder.holds_run:
             self._take("interval")
 
     def _take(self, reason: str) -> None:

@@ -86,7 +86,7 @@ def execute(
     previous: dict[int, Any] = {s: signal.signal(s, switch.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     execution = None
     record.supervisor = {"pid": os.getpid(), "host": hostname()}
-    checkpoints = Checkpointing.of(backend, run, record)
+    checkpoints = Checkpointing.of(backend, run, record, recorder)
     try:
         execution = _start(backend, run, record, sink, switch, recorder, clock, why, checkpoints)
         if execution is None:

@@ -10,10 +10,14 @@ so nothing waits on a peer that is gone.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import posixpath
+import secrets
 import shlex
+import shutil
 import socket
 import stat
 import tempfile
@@ -151,16 +155,57 @@ class RemoteHost:
         return int(attributes.st_uid or 0), int(attributes.st_gid or 0)
 
     def put(self, local: Path, remote: str) -> None:
-        """Upload to a temporary name, then rename into place."""
-        partial = f"{remote}.partial"
-        self.sftp.put(str(local), partial)
-        self.sftp.posix_rename(partial, remote)
+        """Upload to a new temporary, then rename into place."""
+        with open(local, "rb") as reader:
+            self._put_from(reader.read, remote)
 
     def put_bytes(self, data: bytes, remote: str) -> None:
-        partial = f"{remote}.partial"
-        with self.sftp.open(partial, "wb") as f:
-            f.write(data)
-        self.sftp.posix_rename(partial, remote)
+        self._put_from(io.BytesIO(data).read, remote)
+
+    def _put_from(self, read: Callable[[int], bytes], remote: str) -> None:
+        """A fresh name, created exclusively (O_EXCL fails on any file or link already there:
+        a program that can write the directory may have planted one), renamed over ``remote``
+        (a rename replaces a link, never follows it)."""
+        partial = posixpath.join(posixpath.dirname(remote), f".expman-{secrets.token_hex(8)}.partial")
+        try:
+            with self.sftp.open(partial, "wxb") as writer:
+                writer.set_pipelined(True)
+                while chunk := read(_CHUNK):
+                    writer.write(chunk)
+            self.sftp.posix_rename(partial, remote)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self.sftp.remove(partial)
+            raise
+
+    def lstat_below(self, top: str, relative: str) -> paramiko.SFTPAttributes | None:
+        """``top``/``relative``'s own attributes (a link's, not its target's), each component
+        below ``top`` looked at with lstat; None when one is missing, or one on the way is a
+        link or not a directory: what a program controls is never followed."""
+        parts = relative.split("/")
+        for depth in range(1, len(parts) + 1):
+            try:
+                attributes = self.sftp.lstat(posixpath.join(top, *parts[:depth]))
+            except FileNotFoundError:
+                return None
+            if depth < len(parts) and not stat.S_ISDIR(attributes.st_mode or 0):
+                return None
+        return attributes
+
+    def makedirs_below(self, top: str, relative: str) -> None:
+        """Make ``top``/``relative``'s missing directories; a link or a non-directory on the
+        way is refused (a RemoteError), never written through."""
+        parts = [p for p in relative.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            current = posixpath.join(top, *parts[:depth])
+            try:
+                attributes = self.sftp.lstat(current)
+            except FileNotFoundError:
+                self.sftp.mkdir(current)
+                continue
+            if not stat.S_ISDIR(attributes.st_mode or 0):
+                shown = "/".join(parts[:depth])
+                raise RemoteError(f"{shown} is a symbolic link or not a directory; expman does not write through it")
 
     def remove(self, path: str) -> None:
         """Remove a file or a whole directory; nothing there is no error."""
@@ -191,19 +236,27 @@ class RemoteHost:
                 elif stat.S_ISREG(entry.st_mode or 0):
                     yield path, entry
 
-    def get(self, remote: str, local: Path, mtime: int | None) -> None:
-        """Download next to ``local`` and rename into place; keep the remote mtime."""
+    def get(self, remote: str, local: Path, mtime: int | None, listed: paramiko.SFTPAttributes | None = None) -> bool:
+        """Download next to ``local`` and rename into place; keep the remote mtime. With
+        ``listed`` (lstat attributes), False and nothing written when the file opened is not
+        that regular file: SFTP cannot open without following a link, so one swapped in
+        meanwhile shows in fstat."""
         local.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".partial")
-        os.close(fd)
         try:
-            self.sftp.get(remote, partial)
+            with self.sftp.open(remote, "rb") as reader, os.fdopen(fd, "wb") as writer:
+                if listed is not None and not _same_file(reader.stat(), listed):
+                    Path(partial).unlink()
+                    return False
+                reader.prefetch()
+                shutil.copyfileobj(reader, writer, _CHUNK)
             if mtime is not None:
                 os.utime(partial, (mtime, mtime))
             os.replace(partial, local)
         except BaseException:
             Path(partial).unlink(missing_ok=True)
             raise
+        return True
 
     def close(self) -> None:
         if self._docker is not None:
@@ -213,6 +266,11 @@ class RemoteHost:
         self.sftp.close()
         self._client.close()
         self._watchdog.stop()
+
+
+def _same_file(opened: paramiko.SFTPAttributes, listed: paramiko.SFTPAttributes) -> bool:
+    keys = ("st_size", "st_mtime", "st_uid", "st_gid")
+    return stat.S_ISREG(opened.st_mode or 0) and all(getattr(opened, k) == getattr(listed, k) for k in keys)
 
 
 def connect(settings: HostSettings, alive_timeout_s: float = ALIVE_TIMEOUT_S) -> RemoteHost:

@@ -281,31 +281,33 @@ class SSHBackend(LocalBackend):
 
     def pull_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:
         """Make the checkpoint paths of the local output what the host's output holds (files
-        whose size or mtime differ are copied), so that a snapshot here sees the program's."""
+        whose size or mtime differ are copied), so that a snapshot here sees the program's.
+        The program controls the host's output: links there are left out, never followed."""
         top = posixpath.join((record.remote or {})["path"], "output")
         try:
             with self.session(record) as remote:
                 for path in normalized(paths):
                     there = dict(_walk_path(remote, top, path))
                     _remove_others(run.output, path, set(there))
-                    for relative, attributes in there.items():
-                        if not _same_file(run.output / relative, attributes):
-                            remote.get(posixpath.join(top, relative), run.output / relative, attributes.st_mtime)
+                    for relative in there:
+                        _pull_file(remote, top, relative, run.output / relative)
         except (*_LINK_ERRORS, ExpmanError) as exc:
             raise RemoteError(f"cannot read the checkpoint paths on {record.host}: {exc}") from None
 
     def push_checkpoint(self, run: RunDir, record: RunRecord, paths: Sequence[str]) -> None:
         """Replace the checkpoint paths of the host's output by those restored here, before the
-        program starts there (a retry on another host, say)."""
+        program starts there (a retry on another host, say). A link on the way to a path there
+        is refused, never written through."""
         top = posixpath.join((record.remote or {})["path"], "output")
         try:
             with self.session(record) as remote:
                 for path in normalized(paths):
+                    remote.makedirs_below(top, posixpath.dirname(path))
                     remote.remove(posixpath.join(top, path))
                     for local in _files_under(run.output / path):
-                        target = posixpath.join(top, local.relative_to(run.output).as_posix())
-                        remote.makedirs(posixpath.dirname(target))
-                        remote.put(local, target)
+                        relative = local.relative_to(run.output).as_posix()
+                        remote.makedirs_below(top, posixpath.dirname(relative))
+                        remote.put(local, posixpath.join(top, relative))
         except (*_LINK_ERRORS, ExpmanError) as exc:
             raise RemoteError(f"cannot restore the checkpoint paths on {record.host}: {exc}") from None
 
@@ -423,16 +425,24 @@ class RemoteExecution(ContainerExecution):
 
 
 def _walk_path(remote: RemoteHost, top: str, path: str) -> Iterator[tuple[str, Any]]:
-    """(path relative to the output, attributes) of the regular files at or under ``path``."""
-    try:
-        attributes = remote.sftp.stat(posixpath.join(top, path))
-    except FileNotFoundError:
+    """(path relative to the output, attributes) of the regular files at or under ``path``;
+    links (on the way, at or under it) are left out."""
+    attributes = remote.lstat_below(top, path)
+    if attributes is None:
         return
     if stat.S_ISREG(attributes.st_mode or 0):
         yield path, attributes
     elif stat.S_ISDIR(attributes.st_mode or 0):
         for relative, found in remote.walk(posixpath.join(top, path)):
             yield posixpath.join(path, relative), found
+
+
+def _pull_file(remote: RemoteHost, top: str, relative: str, local: Path) -> None:
+    """Copy one file of the host's output here unless unchanged; looked at again just before
+    it is opened (every component with lstat), so one swapped for a link is left out."""
+    attributes = remote.lstat_below(top, relative)
+    if attributes is not None and stat.S_ISREG(attributes.st_mode or 0) and not _same_file(local, attributes):
+        remote.get(posixpath.join(top, relative), local, attributes.st_mtime, listed=attributes)
 
 
 def _same_file(local: Path, attributes: Any) -> bool:

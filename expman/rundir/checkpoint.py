@@ -7,20 +7,25 @@ A snapshot is copied into a temporary directory, synced, then renamed into place
 crash leaves either a whole snapshot or a temporary directory that nothing reads (and the
 next snapshot removes). Only the newest snapshot is kept. A snapshot is verified (every file
 there, its size and sha256 as the manifest says) before it is restored or forked, so a
-damaged one is passed over. Pure file logic: where the output lives and when to snapshot
+damaged one is passed over. The output is the program's: it may put a link (or a FIFO)
+anywhere in it, at any moment, so every path under it is opened one component at a time
+from a directory descriptor, never following a link, and a file is copied only once its
+open descriptor shows a regular file. Pure file logic: where the output lives and when to snapshot
 is the supervisor's business.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
 import secrets
 import shutil
 import socket
-from collections.abc import Iterable, Sequence
+import stat
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +43,15 @@ DATA = "data"
 _TEMPORARY = ".tmp-"
 _CHUNK = 1 << 20
 _NAME_TRIES = 100
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO the program put there must not hang the open (it is refused after fstat).
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _NotFollowed(OSError):
+    """A link, or something neither a regular file nor a directory, where the program's
+    checkpoint was: expman neither follows nor copies it."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,17 @@ def snapshot(
 ) -> Snapshot | None:
     """Copy ``paths`` of the run's output into a new snapshot; None when nothing is there or
     nothing changed since the newest snapshot. Over ``max_bytes`` raises CheckpointError and
-    the previous snapshot stays the newest."""
+    the previous snapshot stays the newest; so does any other failure (a full disk)."""
     paths = normalized(paths)
+    try:
+        return _snapshot(run, paths, reason, max_bytes, attempt, now or utc_now())
+    except OSError as exc:
+        raise CheckpointError(f"cannot snapshot {', '.join(paths)} of run {run.run_id}: {exc}") from None
+
+
+def _snapshot(
+    run: RunDir, paths: list[str], reason: str, max_bytes: int, attempt: int, now: datetime
+) -> Snapshot | None:
     found = _scan(run.output, paths)
     if not found:
         return None
@@ -95,11 +118,11 @@ def snapshot(
     temporary = _new_temporary(store(run))
     try:
         files = _copy_in(run.output, found, temporary / DATA)
-        if previous is not None and _contents(previous.files) == _contents(files):
+        if not files or (previous is not None and _contents(previous.files) == _contents(files)):
             shutil.rmtree(temporary)
-            return None  # touched, not changed
+            return None  # touched, not changed (or gone meanwhile)
         manifest = {
-            "taken_at": (now or utc_now()).isoformat(),
+            "taken_at": now.isoformat(),
             "attempt": attempt,
             "reason": reason,
             "paths": paths,
@@ -107,41 +130,79 @@ def snapshot(
             "files": files,
         }
         return _put_in_place(run, temporary, manifest)
-    except OSError as exc:
+    except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
-        raise CheckpointError(f"cannot snapshot {', '.join(paths)} of run {run.run_id}: {exc}") from None
+        raise
+
+
+@contextlib.contextmanager
+def _directory(output: Path, parts: Sequence[str], create: bool = False) -> Iterator[int]:
+    """A descriptor of the output's directory ``parts``, opened one component at a time
+    without following a link; with ``create``, missing ones are made. The output itself is
+    expman's (its own path may hold links); what is below it is the program's."""
+    fd = os.open(output, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, name in enumerate(parts):
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, dir_fd=fd)
+            try:
+                inner = os.open(name, _DIRECTORY_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                shown = "/".join(parts[: depth + 1])
+                raise _NotFollowed(
+                    f"{shown} is a symbolic link or not a directory; expman does not follow it"
+                ) from None
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _split(relative: str) -> tuple[list[str], str]:
+    *parents, name = relative.split("/")
+    return parents, name
 
 
 def _scan(output: Path, paths: Sequence[str]) -> list[dict[str, Any]]:
-    """The regular files under ``paths`` (symlinks are not followed), with size and mtime."""
+    """The regular files at or under ``paths``, with size and mtime; links (on the way or
+    below) are left out, never followed."""
     found: list[dict[str, Any]] = []
     for path in paths:
-        top = output / path
-        if top.is_symlink() or not top.exists() or not _inside(output, path):
+        parents, name = _split(path)
+        try:
+            with _directory(output, parents) as parent:
+                found.extend(_scan_at(parent, parents, name))
+        except (FileNotFoundError, _NotFollowed):
             continue  # the program has not checkpointed yet (or a link leads elsewhere)
-        if top.is_file():
-            found.append(_entry(top, path))
-            continue
-        for directory, _, names in os.walk(top):
-            for name in names:
-                full = Path(directory) / name
-                if full.is_file() and not full.is_symlink():
-                    found.append(_entry(full, full.relative_to(output).as_posix()))
-    return [f for f in found if f]
+    return found
 
 
-def _inside(output: Path, path: str) -> bool:
-    """Whether ``path``'s parent is within the output, symlinks resolved (a program may have
-    made a directory on the way a link to a place it should not reach through expman)."""
-    return (output / path).parent.resolve().is_relative_to(output.resolve())
+def _scan_at(parent: int, parents: list[str], name: str) -> list[dict[str, Any]]:
+    top = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    if stat.S_ISREG(top.st_mode):
+        return [_entry("/".join([*parents, name]), top)]
+    if not stat.S_ISDIR(top.st_mode):
+        return []
+    found = []
+    # fwalk opens each directory without following a link and checks it is the one listed.
+    for directory, _, names, fd in os.fwalk(name, dir_fd=parent, follow_symlinks=False):
+        for file_name in names:
+            try:
+                attributes = os.stat(file_name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:  # renamed away meanwhile (a temporary of the program)
+                continue
+            if stat.S_ISREG(attributes.st_mode):
+                found.append(_entry("/".join([*parents, directory, file_name]), attributes))
+    return found
 
 
-def _entry(path: Path, relative: str) -> dict[str, Any]:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:  # renamed away meanwhile (a temporary of the program)
-        return {}
-    return {"path": relative, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "mode": stat.st_mode & 0o777}
+def _entry(relative: str, attributes: os.stat_result) -> dict[str, Any]:
+    mode = attributes.st_mode & 0o777
+    return {"path": relative, "size": attributes.st_size, "mtime_ns": attributes.st_mtime_ns, "mode": mode}
 
 
 def _signature(files: Iterable[dict[str, Any]]) -> set[tuple[str, int, int]]:
@@ -157,19 +218,37 @@ def _copy_in(output: Path, found: list[dict[str, Any]], target: Path) -> list[di
     meanwhile is left out."""
     copied = []
     for entry in found:
+        try:
+            source = _open_file(output, entry["path"])
+        except (FileNotFoundError, _NotFollowed):
+            continue  # gone, or swapped for a link, since the scan
         destination = target / entry["path"]
         destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            size, digest = _copy_file(output / entry["path"], destination)
-        except FileNotFoundError:
-            continue
+        size, digest = _copy_file(source, destination)
         os.chmod(destination, entry["mode"])
         copied.append({**entry, "size": size, "sha256": digest})
     return copied
 
 
-def _copy_file(source: Path, destination: Path) -> tuple[int, str]:
-    """Copy and hash in one read; the copy is synced. Its size and sha256."""
+def _open_file(output: Path, relative: str) -> int:
+    """A descriptor of the output's regular file ``relative``, no link followed on the way."""
+    parents, name = _split(relative)
+    with _directory(output, parents) as parent:
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise _NotFollowed(f"{relative} is a symbolic link; expman does not follow it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotFollowed(f"{relative} is not a regular file")
+    return fd
+
+
+def _copy_file(source: int | Path, destination: Path) -> tuple[int, str]:
+    """Copy and hash in one read (a descriptor is closed after); the copy is synced. Its
+    size and sha256."""
     digest, size = hashlib.sha256(), 0
     with open(source, "rb") as reader, open(destination, "wb") as writer:
         while chunk := reader.read(_CHUNK):
@@ -239,6 +318,8 @@ def _numbered(run: RunDir) -> list[tuple[int, Path]]:
         entries = list(store(run).iterdir())
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise CheckpointError(f"cannot read the snapshots in {store(run)}: {exc}; remove what is there") from None
     return sorted(((int(p.name), p) for p in entries if p.name.isdigit()), reverse=True)
 
 
@@ -310,42 +391,65 @@ def newest(run: RunDir) -> Snapshot | None:
 def restore(run: RunDir, paths: Sequence[str]) -> Snapshot | None:
     """Make ``paths`` of the run's output what the newest verified snapshot holds: whatever is
     there first (a killed attempt's half-written files) is removed. None, touching nothing,
-    when there is no snapshot."""
+    when there is no snapshot. A link on the way to a path is refused, never followed."""
     found = newest(run)
     if found is None:
         return None
     paths = normalized(paths)
     try:
         for path in paths:
-            if not _inside(run.output, path):
-                raise OSError(f"{path} leads out of the output directory through a symbolic link")
-            _remove(run.output / path)
+            _remove(run.output, path)
         for entry in found.files:
             if any(entry["path"] == p or entry["path"].startswith(p + "/") for p in paths):
                 _restore_file(run.output, found, entry)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot restore snapshot {found.seq} into {run.output}: {exc}") from None
     return found
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+def _remove(output: Path, path: str) -> None:
+    """Remove the output's ``path`` (a link there itself, not what it leads to)."""
+    parents, name = _split(path)
+    try:
+        with _directory(output, parents) as parent:
+            if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                shutil.rmtree(name, dir_fd=parent)
+            else:
+                os.unlink(name, dir_fd=parent)
+    except FileNotFoundError:
+        return
 
 
 def _restore_file(output: Path, found: Snapshot, entry: dict[str, Any]) -> None:
-    """Copy one file back, with its mode and mtime (so the next snapshot sees it unchanged)."""
-    target = output / entry["path"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not _inside(output, entry["path"]):
-        raise OSError(f"{target.parent} leads out of the output directory through a symbolic link")
-    temporary = target.parent / f".{target.name}.restoring"
-    shutil.copyfile(_data_path(found.path, entry), temporary)
-    os.chmod(temporary, int(entry.get("mode", 0o644)))
-    os.utime(temporary, ns=(int(entry["mtime_ns"]), int(entry["mtime_ns"])))
-    os.replace(temporary, target)
+    """Copy one file back, with its mode and mtime (so the next snapshot sees it unchanged),
+    through a new temporary renamed over whatever has its name."""
+    source = _data_path(found.path, entry)  # a path that would leave the snapshot is refused
+    parents, name = _split(str(entry["path"]))
+    mtime_ns = int(entry["mtime_ns"])
+    with _directory(output, parents, create=True) as parent, open(source, "rb") as reader:
+        temporary, fd = _new_file(parent)
+        try:
+            with os.fdopen(fd, "wb") as writer:
+                shutil.copyfileobj(reader, writer, _CHUNK)
+                writer.flush()
+                os.fchmod(fd, int(entry.get("mode", 0o644)))
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            os.replace(temporary, name, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=parent)
+            raise
+
+
+def _new_file(parent: int) -> tuple[str, int]:
+    """A new file of a fresh name in ``parent``, made here (never a name the program made)."""
+    for _ in range(_NAME_TRIES):
+        name = f".expman-{secrets.token_hex(8)}.restoring"
+        try:
+            return name, os.open(name, _CREATE_FLAGS, 0o600, dir_fd=parent)
+        except FileExistsError:
+            continue
+    raise FileExistsError("cannot name a temporary file for the restore")
 
 
 def fork(parent: RunDir, child: RunDir) -> Snapshot | None:
@@ -355,8 +459,11 @@ def fork(parent: RunDir, child: RunDir) -> Snapshot | None:
     found = newest(parent)
     if found is None:
         return None
-    _remove_temporaries(store(child))
-    temporary = _new_temporary(store(child))
+    try:
+        _remove_temporaries(store(child))
+        temporary = _new_temporary(store(child))
+    except OSError as exc:
+        raise CheckpointError(f"cannot fork snapshot {found.seq} of run {parent.run_id}: {exc}") from None
     try:
         for entry in found.files:
             destination = _data_path(temporary, entry)
