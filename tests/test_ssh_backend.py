@@ -298,3 +298,15 @@ def test_a_worker_with_backend_ssh_and_no_host_to_choose_fails_the_job_in_one_li
     reason = record["reason"]
     assert "expman.host" in reason and "box, other" in reason and "--host" in reason and "\n" not in reason
     assert reason in capsys.readouterr().out
+
+
+def test_a_worker_with_backend_ssh_fails_a_run_without_a_dockerfile_in_one_line(make_repo, sshd, runs_root, tmp_path):
+    repo = make_repo({"hosts": {"box": host_entry(sshd)}})
+    repo.git("rm", "-q", "Dockerfile")
+    repo.commit(message="no Dockerfile: a process experiment")
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url, "--backend", "process"]) == 0
+    assert main(["worker", "--queue", url, "--backend", "ssh"]) == 0
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "failed" and len(record["attempts"]) == 1 and record["remote"] is None
+    assert "has no Dockerfile" in record["reason"] and "(process)" in record["reason"]

@@ -41,6 +41,7 @@ from .local import (
     LocalBackend,
     container_spec,
     engine_time,
+    require_dockerfile,
     stop_container,
 )
 from .remote import RemoteHost, alive_timeout_s, connect
@@ -139,6 +140,7 @@ class SSHBackend(LocalBackend):
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
         """Mirror the run on its host and build its image there. A worker has no checked plan:
         the host comes from the run itself, and reaching it and its engine is checked here."""
+        require_dockerfile(record, self.name)
         self._settings = host_to_run_on(run, record)
         remote = self.remote_for(self._settings)
         self.client  # noqa: B018 - an unreachable engine fails before anything is copied
