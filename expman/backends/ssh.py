@@ -392,6 +392,10 @@ class SSHBackend(LocalBackend):
         self.sync(run, record)
         return record
 
+    def reaches(self, record: RunRecord) -> bool:
+        """A container an earlier attempt left on an SSH host can be stopped from any machine."""
+        return record.remote is not None and record.container_id is not None
+
     def stop_orphan(self, record: RunRecord) -> None:
         if record.container_id:
             with self.session(record):
