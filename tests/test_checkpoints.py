@@ -480,3 +480,38 @@ def test_an_ssh_runs_checkpoints_never_follow_a_link_on_the_host(
     finally:
         backend.close()
     assert [p.name for p in (private / "ckpt").iterdir()] == ["keep"]
+
+
+def test_a_killed_workers_ssh_run_resumes_on_the_host_from_its_snapshot(
+    make_repo: Any, sshd: Any, runs_root: Path, tmp_path: Path, docker_client: Any
+) -> None:
+    """A scheduled ssh run whose worker is killed -9: its container goes on on the host
+    until a worker taking over the job after the lease stops it, uploads the newest snapshot
+    into the host's output (replacing what was left half-written) and starts the program
+    again, which continues its step counter."""
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    expman = {"backend": "ssh", "hosts": {"box": host_entry(sshd)}, "checkpoint": CHECKPOINT, "queue": {"lease": "2s"}}
+    repo = make_repo(expman, {"steps": 200})
+    repo.commit({"job.py": STEPS}, "a program that checkpoints")
+    assert main(["schedule", "-C", str(repo.path), "--queue", url]) == 0
+    run = _only_run(runs_root)
+    first = _worker(url, dict(os.environ))
+    _wait(lambda: (_snapshot_step(run) or (0, 0))[1] > 0, "a snapshot of the first attempt", timeout_s=180)
+    first.kill()
+    first.communicate()
+    killed = read_record(run)
+    seq, saved = _snapshot_step(run) or (0, 0)
+    there = Path(killed["remote"]["path"]) / "output" / "ckpt"
+    (there / "half.bin").write_bytes(b"\0" * 100)  # left by the killed attempt
+    second = _worker(url, dict(os.environ))
+    output, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, output
+    record = read_record(run)
+    assert record["status"] == "succeeded", record["reason"]
+    assert [a["attempt"] for a in record["attempts"]] == [1, 2]
+    assert record["attempts"][1]["restored"]["snapshot"] == seq == record["restored"]["snapshot"]
+    assert not docker_client.containers.list(filters={"id": killed["container_id"]})  # stopped by the takeover
+    results = _results(run)
+    assert saved > 0 and results["resumed_from"] == saved and results["final_step"] == 200
+    assert (results["found"], results["attempt"], results["resumed"]) == (["state.json"], "2", "1")
+    assert json.loads((there / "state.json").read_text()) == {"step": 200}

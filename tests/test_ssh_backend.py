@@ -251,3 +251,62 @@ def test_cancel_works_for_local_runs(make_repo, runs_root, docker_client):
     record = wait_for_status(runs_root, {"cancelled"})
     assert record["reason"] == "cancelled by user" and record["ended_at"]
     assert not docker_client.containers.list(all=True, filters={"label": f"expman.run_id={run.name}"})
+
+
+def test_a_worker_runs_a_scheduled_ssh_run_on_the_host_chosen_at_schedule_time(
+    make_repo, sshd, runs_root, tmp_path, docker_client
+):
+    """The worker has no plan: the host named by --host at schedule time comes from the
+    record, its settings from the run's own config.json; the run is mirrored there only once
+    a worker prepares it."""
+    hosts = {"box": host_entry(sshd), "other": host_entry(sshd)}
+    repo = make_repo({"backend": "ssh", "hosts": hosts, "host": "box"})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url, "--host", "other"]) == 0
+    run = only_run(runs_root)
+    assert read_record(run)["remote"] is None
+    assert main(["worker", "--queue", url]) == 0
+    record = read_record(run)
+    assert record["status"] == "succeeded", record["reason"]
+    assert record["host"] == record["remote"]["name"] == "other"
+    assert remote_dir(sshd, record).parent.name == hosts["other"]["runs_root"].removeprefix("~/")
+    assert json.loads((run / "output" / "results.json").read_text())["accuracy"] == 0.9
+
+
+def test_a_worker_with_backend_ssh_runs_a_process_run_on_the_only_host(make_repo, sshd, runs_root, tmp_path):
+    repo = make_repo({"hosts": {"box": host_entry(sshd)}})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url, "--backend", "process"]) == 0
+    assert main(["worker", "--queue", url, "--backend", "ssh"]) == 0
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "succeeded", record["reason"]
+    assert record["host"] == record["remote"]["name"] == "box"
+    remote_uid = int(subprocess.run(["id", "-u", sshd.user], capture_output=True, text=True).stdout)
+    assert json.loads((only_run(runs_root) / "output" / "results.json").read_text())["uid"] == remote_uid
+
+
+def test_a_worker_with_backend_ssh_and_no_host_to_choose_fails_the_job_in_one_line(
+    make_repo, sshd, runs_root, tmp_path, capsys
+):
+    repo = make_repo({"hosts": {"box": host_entry(sshd), "other": host_entry(sshd)}})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url, "--backend", "process"]) == 0
+    capsys.readouterr()
+    assert main(["worker", "--queue", url, "--backend", "ssh"]) == 0
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "failed" and len(record["attempts"]) == 1  # fails the same way again: final
+    reason = record["reason"]
+    assert "expman.host" in reason and "box, other" in reason and "--host" in reason and "\n" not in reason
+    assert reason in capsys.readouterr().out
+
+
+def test_a_worker_with_backend_ssh_fails_a_run_without_a_dockerfile_in_one_line(make_repo, sshd, runs_root, tmp_path):
+    repo = make_repo({"hosts": {"box": host_entry(sshd)}})
+    repo.git("rm", "-q", "Dockerfile")
+    repo.commit(message="no Dockerfile: a process experiment")
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    assert main(["schedule", "-C", str(repo.path), "--queue", url, "--backend", "process"]) == 0
+    assert main(["worker", "--queue", url, "--backend", "ssh"]) == 0
+    record = read_record(only_run(runs_root))
+    assert record["status"] == "failed" and len(record["attempts"]) == 1 and record["remote"] is None
+    assert "has no Dockerfile" in record["reason"] and "(process)" in record["reason"]

@@ -212,6 +212,11 @@ class Backend(abc.ABC):
     def stop_orphan(self, record: RunRecord) -> None:  # noqa: B027 - an optional hook
         """Stop what a run left running when nothing follows it any more."""
 
+    def reaches(self, record: RunRecord) -> bool:
+        """Whether ``stop_orphan`` can stop what the run's last attempt left running: a
+        process or container of this host."""
+        return record.host == hostname()
+
     def close(self) -> None:  # noqa: B027 - an optional hook
         """Release connections."""
 

@@ -101,6 +101,7 @@ class LocalBackend(Backend):
         }
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+        require_dockerfile(record, self.name)
         tag, dockerfile = record.image.image_tag or "", record.image.dockerfile or "Dockerfile"
         record.image.engine_version = engine.engine_version(self.client)
         with reporter.activity(f"building image {tag}") as step:
@@ -164,6 +165,16 @@ def _engine_lost(exc: BaseException) -> DockerUnavailableError:
         f"lost the Docker engine while the run went on ({str(exc).splitlines()[0][:200]}); "
         "'docker ps' shows whether its container still runs"
     )
+
+
+def require_dockerfile(record: RunRecord, backend: str) -> None:
+    """A run made for the process backend and given to a worker of a container backend may
+    have no Dockerfile in its commit (its creation checked that only for its own backend)."""
+    if record.image.dockerfile_hash is None:
+        raise ConfigError(
+            f"commit {record.git.commit[:12]} of run {record.run_id} has no {record.image.dockerfile}; "
+            f"the {backend} backend runs containers: run it with a worker of its own backend ({record.backend})"
+        )
 
 
 def container_name(record: RunRecord) -> str:

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from ..errors import ConfigError, ConnectionLostError, DockerUnavailableError, ExpmanError, RemoteError
-from ..experiment.config import HostSettings
+from ..experiment.config import HostSettings, config_from
+from ..results.flatten import read_config
 from ..rundir import lifecycle
 from ..rundir.checkpoint import normalized
 from ..rundir.files import write_bytes_atomic
@@ -35,7 +36,14 @@ from ..rundir.record import EndState, RunRecord, RunStatus
 from .base import Execution
 from .docker_sdk import docker
 from .flow import Stopping
-from .local import ContainerExecution, LocalBackend, container_spec, engine_time, stop_container
+from .local import (
+    ContainerExecution,
+    LocalBackend,
+    container_spec,
+    engine_time,
+    require_dockerfile,
+    stop_container,
+)
 from .remote import RemoteHost, alive_timeout_s, connect
 
 if TYPE_CHECKING:
@@ -57,6 +65,20 @@ def host_of(record: RunRecord) -> HostSettings:
     remote = record.remote or {}
     fields = {f.name for f in dataclasses.fields(HostSettings)}
     return HostSettings(**{k: v for k, v in remote.items() if k in fields})
+
+
+def host_to_run_on(run: RunDir, record: RunRecord) -> HostSettings:
+    """The host a run is to go to, as its own config.json defines it: the one chosen when it
+    was created; for a run created for another backend (a worker's --backend ssh),
+    expman.host or the only host defined."""
+    settings = config_from(read_config(run.config), f"{run.config}").settings
+    if record.ssh_host is None and settings.host is None and len(settings.hosts) != 1:
+        defined = ", ".join(settings.hosts) or "none"
+        raise ConfigError(
+            f"run {record.run_id} was scheduled for the {record.backend} backend and its config.json names no one "
+            f"ssh host (expman.hosts: {defined}; no expman.host); schedule it with --backend ssh --host NAME"
+        )
+    return settings.host_settings(record.ssh_host)
 
 
 class SSHBackend(LocalBackend):
@@ -116,8 +138,12 @@ class SSHBackend(LocalBackend):
         }
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
-        assert self._settings is not None
+        """Mirror the run on its host and build its image there. A worker has no checked plan:
+        the host comes from the run itself, and reaching it and its engine is checked here."""
+        require_dockerfile(record, self.name)
+        self._settings = host_to_run_on(run, record)
         remote = self.remote_for(self._settings)
+        self.client  # noqa: B018 - an unreachable engine fails before anything is copied
         runs_root = remote.path(self._settings.runs_root)
         path = posixpath.join(runs_root, run.run_id)
         with reporter.activity(f"copying the run to {self._settings.name}:{path}"):
@@ -367,6 +393,10 @@ class SSHBackend(LocalBackend):
         record = super().cancel(run, record)
         self.sync(run, record)
         return record
+
+    def reaches(self, record: RunRecord) -> bool:
+        """A container an earlier attempt left on an SSH host can be stopped from any machine."""
+        return record.remote is not None and record.container_id is not None
 
     def stop_orphan(self, record: RunRecord) -> None:
         if record.container_id:

@@ -300,6 +300,11 @@ def load_config(text: bytes | str, origin: str, project_schema: bytes | None = N
         document = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{origin}: invalid JSON ({exc}); fix the file and commit it") from None
+    return config_from(document, origin, project_schema)
+
+
+def config_from(document: Any, origin: str, project_schema: bytes | None = None) -> ExperimentConfig:
+    """Validate a parsed config.json (a run's effective config, say)."""
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: the top level must be a JSON object")
     section = document.get(SECTION)

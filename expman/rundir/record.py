@@ -102,6 +102,9 @@ class RunRecord:
     pid: int | None = None
     job_id: str | None = None
     supervisor: dict[str, Any] | None = None
+    # An ssh run: the expman.hosts entry chosen when it was created (whoever runs it later
+    # needs it); ``remote`` once it is mirrored there.
+    ssh_host: str | None = None
     remote: dict[str, Any] | None = None
     slurm: dict[str, Any] | None = None
     sweep: dict[str, Any] | None = None

@@ -191,7 +191,7 @@ class Worker:
         attempts left (recorded failed)."""
         record = load_record(run)
         backend = self._backend(self.backend_name or record.backend)
-        if record.status in (RunStatus.RUNNING, RunStatus.LOST) and record.host == hostname():
+        if record.status in (RunStatus.RUNNING, RunStatus.LOST) and backend.reaches(record):
             backend.stop_orphan(record)
         if job.attempt > job.max_attempts:
             self._fail_exhausted(run, job)

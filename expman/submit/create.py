@@ -173,6 +173,7 @@ def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> R
         command=list(plan.config.settings.command),
         resources=dataclasses.asdict(plan.config.settings.resources),
         backend=plan.backend,
+        ssh_host=plan.host.name if plan.host is not None else None,
         submitter=_submitter(redactor.argv(argv)),
         host_facts=host_facts(),
         environment=redactor.environment(backend.environ),
