@@ -202,9 +202,10 @@ class Steering:
         self.say(f"{self.name}: trial {trial.number} queued as run {point.run_id} ({shown})")
 
     def _tell(self, point: Point, outcome: Outcome) -> None:
-        attrs = {"outcome": outcome.state, "reason": outcome.reason}
-        for name, value in attrs.items():
-            self.storage.set_trial_user_attr(point.trial_id, name, value)
+        # One write per attribute: a point that succeeded has no reason to note.
+        self.storage.set_trial_user_attr(point.trial_id, "outcome", outcome.state)
+        if outcome.reason is not None:
+            self.storage.set_trial_user_attr(point.trial_id, "reason", outcome.reason)
         state = self.optuna.trial.TrialState
         if outcome.value is not None:
             told = self.study.tell(point.number, outcome.value, skip_if_finished=True)
