@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -453,3 +454,27 @@ def test_a_queue_with_its_own_tables_is_recorded_so_that_cancel_finds_it(
     assert read_record(run)["queue"]["url"] == url
     assert main(["cancel", run.name]) == 0  # no --queue: the recorded URL names the tables
     assert open_queue(url).counts() == {"cancelled": 1}
+
+
+def test_an_idle_worker_wakes_for_a_job_another_process_adds_not_for_other_commits(tmp_path: Path) -> None:
+    """SQLite: a worker waiting for work reads the queue when another connection commits, and
+    returns once a job can be claimed (a server database is not watched: its wait runs out)."""
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    scheduler = open_queue(url)
+    waiting, woke = threading.Event(), threading.Event()
+
+    def idle_worker() -> None:
+        queue = open_queue(url)  # a connection per thread
+        waiting.set()
+        queue.wait_for_work(3600)
+        woke.set()
+        queue.close()
+
+    threading.Thread(target=idle_worker, daemon=True).start()
+    assert waiting.wait(30)
+    scheduler.register_worker("w", "host", os.getpid())  # a commit that makes nothing claimable
+    assert not woke.wait(0.5)
+    scheduler.add(_jobs(1))
+    assert woke.wait(30), "the waiting worker never saw the job added"
+    assert scheduler.claim("w") is not None
+    scheduler.close()

@@ -20,7 +20,9 @@ import optuna
 import pytest
 
 from expman.cli import main
+from expman.experiment.plan import plan_submission
 from expman.queue import open_queue
+from expman.runners.search import check, studies
 from expman.runners.search.study import open_storage
 
 from .conftest import Repo, init_repo, read_record, run_dirs
@@ -152,6 +154,28 @@ def test_in_flight_never_exceeds_parallel_and_exactly_max_points_are_evaluated(
         assert told[record["run_id"]] == results["loss"]
         config = json.loads((run / "config.json").read_text())
         assert {k: config["model"][k.split(".")[1]] for k in SPACE} == record["search"]["params"]
+
+
+def test_a_point_that_starts_to_run_is_a_change_so_the_steering_looks_again_soon(
+    tmp_path: Path, runs_root: Path
+) -> None:
+    """The wait between looks grows while nothing changes; a worker claiming a point is a
+    change, so the look for its end starts short, whatever the wait grew to while it was queued."""
+    repo = search_repo(tmp_path / "repo", {"max_points": 2, "parallel": 1})
+    url = f"sqlite://{tmp_path / 'queue.sqlite'}"
+    environ = dict(os.environ)
+    plan = plan_submission(repo.path, None, None, environ)
+    queue, worker = open_queue(url), open_queue(url)
+    (steering,) = studies(plan, check(plan, environ), queue, url, environ, ["expman", "search"], lambda line: None)
+    steering.start()
+    assert steering.step()  # the first point asked and queued
+    assert not steering.step()
+    assert worker.claim("worker") is not None
+    assert steering.step()  # it runs now
+    assert not steering.step()
+    steering.lock.release()
+    queue.close()
+    worker.close()
 
 
 def test_a_steering_killed_at_five_random_moments_resumes_the_same_study(

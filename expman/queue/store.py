@@ -28,6 +28,7 @@ from .model import Job, JobState, NewJob, SweepSummary, WorkerInfo
 from .schema import LIVE_STATES
 
 WORKER_TTL_S = 30.0
+CHANGE_LOOK_S = 0.01  # how often an idle worker asks SQLite whether anyone committed
 DURATIONS_PER_SWEEP = 50  # the latest successes of a sweep that its ETA is taken from
 
 T = TypeVar("T")
@@ -258,6 +259,33 @@ class Queue:
             return row is not None
 
         return self._run(query)
+
+    def wait_for_work(self, seconds: float) -> None:
+        """Return once a job may be claimable, at the latest after ``seconds``. On SQLite a
+        commit by another process (a job added, requeued or given up) is seen within
+        CHANGE_LOOK_S, and only then is the queue read; a server database is not watched."""
+        deadline = time.monotonic() + seconds
+        if self.dialect.name != "sqlite":
+            time.sleep(seconds)
+            return
+        version = self._run(self._data_version)
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(CHANGE_LOOK_S, left))
+            seen, version = version, self._run(self._data_version)
+            if seen != version and self._run(self._claimable):
+                return
+
+    def _data_version(self) -> int:
+        return int(self._execute("PRAGMA data_version").fetchone()[0])
+
+    def _claimable(self) -> bool:
+        """Whether a job can be claimed now: a read, without the claim's write lock."""
+        row = self._execute(
+            f"""SELECT 1 FROM {self.jobs} WHERE (state = ? AND lease_until < NOW)
+                OR (state = ? AND not_before <= NOW) LIMIT 1""",
+            (JobState.RUNNING, JobState.PENDING),
+        ).fetchone()
+        return row is not None
 
     def heartbeat(self, job: Job) -> str:
         """Extend the lease of this worker's attempt. Returns "ok", "cancel" (``expman cancel``

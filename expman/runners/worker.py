@@ -25,7 +25,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -109,7 +108,7 @@ class Worker:
                         if job is None:
                             if not self.forever and not self.queue.waiting():
                                 break
-                            time.sleep(min(idle_s, self.idle_poll_s))
+                            self.queue.wait_for_work(min(idle_s, self.idle_poll_s))
                             idle_s *= 2
                             continue
                     idle_s = FIRST_IDLE_POLL_S

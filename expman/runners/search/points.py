@@ -60,6 +60,7 @@ class Point:
     run_id: str | None = None
     run_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # segment, member, generation, parent
+    seen: str | None = None  # the state of its job at the steering's last look
 
 
 @dataclass(frozen=True)

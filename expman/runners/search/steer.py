@@ -32,7 +32,8 @@ from ...rundir.layout import Clock, utc_now
 from .points import RUN_DIR, RUN_ID, Outcome, Point, PointMaker, point_key
 from .study import open_storage, optuna_module, sampler, study_name, suggest_all
 
-FIRST_POLL_S = 0.05  # doubled up to poll_s while nothing changes
+FIRST_POLL_S = 0.02  # the shortest wait between looks at the queue
+POLL_FRACTION = 0.1  # of the time since the last change: the wait between looks
 LOCK_S = 30.0  # a steering process that stops renewing its hold on a study for this long lost it
 RENEW_S = 5.0
 
@@ -199,6 +200,9 @@ class Steering:
                 self.maker.make(point)  # the steering was killed between the ask and the job
                 continue
             if job.state in ("pending", "running"):
+                # A point that starts to run is a change: the look for its end starts soon after.
+                changed = changed or point.seen not in (None, job.state)
+                point.seen = job.state
                 continue
             self._tell(point, self.maker.outcome(job))
             del self.in_flight[number]
@@ -214,9 +218,10 @@ class Steering:
         self.say(f"{self.name}: trial {trial.number} queued as run {point.run_id} ({shown})")
 
     def _tell(self, point: Point, outcome: Outcome) -> None:
-        attrs = {"outcome": outcome.state, "reason": outcome.reason}
-        for name, value in attrs.items():
-            self.storage.set_trial_user_attr(point.trial_id, name, value)
+        # One write per attribute: a point that succeeded has no reason to note.
+        self.storage.set_trial_user_attr(point.trial_id, "outcome", outcome.state)
+        if outcome.reason is not None:
+            self.storage.set_trial_user_attr(point.trial_id, "reason", outcome.reason)
         state = self.optuna.trial.TrialState
         if outcome.state == "cancelled":  # a user's cancel: no new points, and nothing for the sampler to learn
             self.progress.stopped = f"trial {point.number} (run {point.run_id}) was cancelled"
@@ -251,12 +256,13 @@ class Steering:
 
 
 def steer(steerings: list[Steering], poll_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Step every study until all are done; the wait between looks grows from FIRST_POLL_S to
-    ``poll_s`` while nothing changes."""
+    """Step every study until all are done. The wait between looks is a tenth of the time since
+    the last change (a point told, asked or started to run), at least FIRST_POLL_S and at most
+    ``poll_s``: a point's end is seen within a tenth of its run time, short or long."""
     try:
         for steering in steerings:
             steering.start()
-        wait = FIRST_POLL_S
+        changed_at = time.monotonic()
         while True:
             changed = False
             for steering in steerings:
@@ -264,8 +270,9 @@ def steer(steerings: list[Steering], poll_s: float = 1.0, sleep: Callable[[float
                     changed = steering.step() or changed
             if all(s.progress.done for s in steerings):
                 return
-            wait = FIRST_POLL_S if changed else min(wait * 2, poll_s)
-            sleep(wait)
+            now = time.monotonic()
+            changed_at = now if changed else changed_at
+            sleep(min(max((now - changed_at) * POLL_FRACTION, FIRST_POLL_S), poll_s))
     finally:
         for steering in steerings:
             steering.lock.release()
