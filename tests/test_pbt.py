@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from expman.cli import main
 from expman.experiment.plan import plan_submission
 from expman.queue import open_queue
 from expman.runners.search import check, steer, studies
+from expman.runners.search.pbt import PbtSteering
 from expman.runners.search.study import open_storage
 
 from .conftest import Repo, init_repo, read_record
-from .test_search import stop, workers
+from .test_search import search_with_workers, stop, workers
 
 # Each step adds a gain that peaks at lr = 0.1; the state (step, score, lrs) is the checkpoint.
 TRAIN = """\
@@ -79,6 +81,25 @@ def pbt_repo(path: Path, search: dict[str, Any] | None = None, **train: Any) -> 
     return repo
 
 
+def steer_in_process(
+    repo: Repo, url: str, count: int, between_steps: Callable[[PbtSteering, float], None]
+) -> PbtSteering:
+    """The repository's search steered in this process (``between_steps(steering, seconds)``
+    runs between its steps and sleeps), with ``count`` workers running its points."""
+    environ = dict(os.environ)
+    plan = plan_submission(repo.path, None, None, environ)
+    queue = open_queue(url)
+    (steering,) = studies(plan, check(plan, environ), queue, url, environ, ["expman", "search"], lambda line: None)
+    assert isinstance(steering, PbtSteering)
+    pool = workers(url, count)
+    try:
+        steer([steering], poll_s=0.2, sleep=lambda seconds: between_steps(steering, seconds))
+    finally:
+        stop(pool)
+        queue.close()
+    return steering
+
+
 def results(run_dir: str) -> dict[str, Any]:
     return json.loads((Path(run_dir) / "output" / "results.json").read_text())
 
@@ -88,14 +109,9 @@ def test_pbt_generations_fork_their_parents_snapshots_and_the_lineage_is_right(
 ) -> None:
     repo = pbt_repo(tmp_path / "repo")
     url = f"sqlite://{tmp_path / 'queue.sqlite'}"
-    environ = dict(os.environ)
-    plan = plan_submission(repo.path, None, None, environ)
-    spec = check(plan, environ)
-    queue = open_queue(url)
-    (steering,) = studies(plan, spec, queue, url, environ, ["expman", "search"], lambda line: None)
     removed: list[str] = []
 
-    def between_steps(seconds: float) -> None:
+    def between_steps(steering: PbtSteering, seconds: float) -> None:
         """After generation 1 has ended, before generation 2 is decided: remove the snapshot of
         generation 1's best run, whose member then has no snapshot of its own to continue from."""
         gen1 = [m for m in steering.members.values() if m.generation == 1]
@@ -106,12 +122,7 @@ def test_pbt_generations_fork_their_parents_snapshots_and_the_lineage_is_right(
             removed.append(victim.run_dir)
         time.sleep(seconds)
 
-    pool = workers(url, 4)
-    try:
-        steer([steering], poll_s=0.2, sleep=between_steps)
-    finally:
-        stop(pool)
-        queue.close()
+    steering = steer_in_process(repo, url, 4, between_steps)
     members = list(steering.members.values())
     assert len(members) == 12 and all(m.outcome == "succeeded" for m in members)
     by_run = {m.run_id: m for m in members}
@@ -157,11 +168,7 @@ def test_a_child_that_fails_every_attempt_is_made_again_from_its_true_ancestor(t
     doomed = {"epochs": 4, "file": str(tmp_path / "doomed")}
     repo = pbt_repo(tmp_path / "repo", {"fidelity": {"key": "train.epochs", "step": 2, "max": 4}}, doomed=doomed)
     url = f"sqlite://{tmp_path / 'queue.sqlite'}"
-    pool = workers(url, 4)
-    try:
-        assert main(["-C", str(repo.path), "search", "--queue", url, "--poll", "0.2"]) == 0
-    finally:
-        stop(pool)
+    search_with_workers(repo, url, 4)
     storage = open_storage(url)
     (name,) = optuna.study.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).trials
@@ -219,13 +226,9 @@ def test_a_pending_child_whose_parent_lost_its_snapshot_starts_from_its_true_anc
 ) -> None:
     repo = pbt_repo(tmp_path / "repo", {"parallel": 1, "fidelity": {"key": "train.epochs", "step": 2, "max": 4}})
     url = f"sqlite://{tmp_path / 'queue.sqlite'}"
-    environ = dict(os.environ)
-    plan = plan_submission(repo.path, None, None, environ)
-    queue = open_queue(url)
-    (steering,) = studies(plan, check(plan, environ), queue, url, environ, ["expman", "search"], lambda line: None)
     removed: list[tuple[int, str]] = []
 
-    def between_steps(seconds: float) -> None:
+    def between_steps(steering: PbtSteering, seconds: float) -> None:
         """Once generation 1 is decided: the parent of a child that waits to be made loses its snapshot."""
         waiting = [c for c in steering.pending if c.parent is not None]
         if not removed and waiting:
@@ -235,12 +238,7 @@ def test_a_pending_child_whose_parent_lost_its_snapshot_starts_from_its_true_anc
             removed.append((waiting[0].member, str(parent.run_id)))
         time.sleep(seconds)
 
-    pool = workers(url, 1)
-    try:
-        steer([steering], poll_s=0.2, sleep=between_steps)
-    finally:
-        stop(pool)
-        queue.close()
+    steering = steer_in_process(repo, url, 1, between_steps)
     ((member, lost_parent),) = removed
     child = next(m for m in steering.members.values() if m.member == member and m.generation == 1)
     assert child.origin == "ancestor" and child.parent != lost_parent and child.outcome == "succeeded"

@@ -78,6 +78,15 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+def search_with_workers(repo: Repo, url: str, count: int) -> None:
+    """``expman search`` in this process, with ``count`` workers running its points."""
+    pool = workers(url, count)
+    try:
+        assert main(["-C", str(repo.path), "search", "--queue", url, "--poll", "0.2"]) == 0
+    finally:
+        stop(pool)
+
+
 def the_study(url: str) -> optuna.Study:
     storage = open_storage(url)
     (name,) = optuna.study.get_all_study_names(storage)
@@ -386,11 +395,7 @@ def test_grid_and_cmaes_searches(
         {"algorithm": algorithm, "space": space, "max_points": 5 if algorithm == "cmaes" else 50, "parallel": 2},
     )
     url = f"sqlite://{tmp_path / 'queue.sqlite'}"
-    pool = workers(url, 2)
-    try:
-        assert main(["-C", str(repo.path), "search", "--queue", url, "--poll", "0.2"]) == 0
-    finally:
-        stop(pool)
+    search_with_workers(repo, url, 2)
     trials = the_study(url).trials
     assert len(trials) == points and all(t.state.name == "COMPLETE" for t in trials)
     if algorithm == "grid":  # every point of the grid once, though max_points allows more
