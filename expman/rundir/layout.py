@@ -85,10 +85,13 @@ def new_run_id(now: datetime) -> str:
     return stamp.strftime("%Y%m%d-%H%M%S-") + f"{ms % 1000:03d}-{secrets.token_hex(2)}"
 
 
-def create_run_dir(runs_root: Path, clock: Clock = utc_now) -> RunDir:
-    """Claim a fresh run directory atomically (mkdir fails if another submit took the id)."""
+def create_run_dir(runs_root: Path, clock: Clock = utc_now, claiming: Callable[[Path], None] | None = None) -> RunDir:
+    """Claim a fresh run directory atomically (mkdir fails if another submit took the id);
+    ``claiming`` hears each path before it is made, so that one made is never unknown."""
     for _ in range(_CLAIM_ATTEMPTS):
         path = runs_root / new_run_id(clock())
+        if claiming is not None:
+            claiming(path)
         try:
             path.mkdir()
         except FileExistsError:

@@ -10,6 +10,7 @@ import os
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -64,10 +65,12 @@ def create_runs(
     specs: list[RunSpec] | None = None,
     annotate: Callable[[RunSpec, RunRecord], None] | None = None,
     archive_of: RunDir | None = None,
+    claiming: Callable[[Path], None] | None = None,
 ) -> list[tuple[RunDir, RunRecord]]:
     """One queued run directory per spec (default: all of the plan's), sharing one archive
     (``archive_of``'s, when given: a search adds its points one call at a time).
-    ``annotate`` adds to a record before it is first written. Only the archive and the runs
+    ``annotate`` adds to a record before it is first written; ``claiming`` hears each run
+    directory's path before it is made. Only the archive and the runs
     root's directory are synced (once), not each run's files: a crash may lose a queued run,
     as any passing state, but syncing the whole filesystem would make a schedule wait for
     everyone else's writes too."""
@@ -76,7 +79,7 @@ def create_runs(
     template = new_record(plan, backend, argv, clock)
     runs: list[tuple[RunDir, RunRecord]] = []
     for spec in specs:
-        run = create_run_dir(plan.runs_root, clock)
+        run = create_run_dir(plan.runs_root, clock, claiming)
         record = dataclasses.replace(
             template, run_id=run.run_id, config_hash=spec.config_hash, queued_at=clock().isoformat(), warnings=[]
         )

@@ -4,8 +4,9 @@ ended; both kinds of steering (ask-and-tell, population-based training) use it.
 
 Each point's job key is derived from the study and the trial number, so two points with
 equal params are two jobs, and a steering process restarted after it was killed finds the
-job of every point it already made (the run directory's id is noted in the trial before the
-run's record is written, so a restart reuses it instead of leaving a queued run behind).
+job of every point it already made (the run directory's path is noted in the trial before the
+directory is made, so a restart reuses the run, or removes what was half made, instead of
+leaving a directory behind).
 """
 
 from __future__ import annotations
@@ -131,17 +132,19 @@ class PointMaker:
         document = effective_config(self.plan.config.document, Combination(point.number, values))
         spec = RunSpec(Combination(point.number, values), document, hash_config(document))
 
-        def annotate(spec: RunSpec, record: RunRecord) -> None:
-            point.run_id, point.run_dir = record.run_id, str(self.plan.runs_root / record.run_id)
+        def claiming(path: Path) -> None:  # noted before the directory exists: a kill never orphans one
+            point.run_id, point.run_dir = path.name, str(path)
             self.note(point.trial_id, RUN_ID, point.run_id)
             self.note(point.trial_id, RUN_DIR, point.run_dir)
+
+        def annotate(spec: RunSpec, record: RunRecord) -> None:
             record.search = {"study": self.study, "trial": point.number, "params": point.params}
             record.search.update({k: v for k, v in point.extra.items() if k not in ("sets", "parent_dir")})
             record.queue = {"url": self.queue.shown, "key": point.key}
 
         archive = self.archive_of if self.archive_of and self.archive_of.code_tar.exists() else None
         quiet = Reporter(quiet=True)
-        create_runs(self.plan, self.backend, self.argv, self.clock, quiet, [spec], annotate, archive_of=archive)
+        create_runs(self.plan, self.backend, self.argv, self.clock, quiet, [spec], annotate, archive, claiming)
 
     def outcome(self, job: Job) -> Outcome:
         """How the final ``job`` ended, with the objective read from its run."""
