@@ -31,7 +31,7 @@ from expman.rundir.record import load_record
 from .conftest import read_record
 from .helpers import alive
 from .test_queue import _status, _wait, _worker
-from .test_slurm_backend import _path, _release_the_requeue_hold, wait_all
+from .test_slurm_backend import requeue_and_wait, wait_all
 from .test_ssh_backend import host_entry
 
 # Counts steps, writing ckpt/state.json (write, then rename) at each; resumes from it when
@@ -236,10 +236,7 @@ def test_a_requeued_slurm_job_resumes_from_its_snapshot(make_repo: Any, runs_roo
     (record,) = wait_all(runs_root, {"running"})
     run = runs_root / record["run_id"]
     _wait(lambda: (_snapshot_step(run) or (0, 0))[1] > 0, "a snapshot of the first attempt")
-    env = slurm.environ | _path()
-    subprocess.run(["scontrol", "requeue", record["job_id"]], check=True, env=env)
-    _release_the_requeue_hold(record["job_id"], env)
-    (record,) = wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
+    (record,) = requeue_and_wait(slurm, record["job_id"], runs_root)
     assert record["status"] == "succeeded", record["reason"]
     assert [a["attempt"] for a in record["attempts"]] == [1, 2]
     assert "restored" not in record["attempts"][0] and record["attempts"][1]["restored"]["attempt"] == 1

@@ -139,10 +139,7 @@ def test_a_requeued_job_is_asked_to_checkpoint_then_resumes(slurm_repo, runs_roo
     while not (run / "output" / "ready.txt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(2)  # some steps done
-    env = slurm.environ | _path()
-    subprocess.run(["scontrol", "requeue", record["job_id"]], check=True, env=env)
-    _release_the_requeue_hold(record["job_id"], env)
-    (record,) = wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
+    (record,) = requeue_and_wait(slurm, record["job_id"], runs_root)
     assert record["status"] == "succeeded", record["reason"]
     assert [a["attempt"] for a in record["attempts"]] == [1, 2]
     assert record["attempts"][0]["status"] == "queued" and "interrupted" in record["attempts"][0]["reason"]
@@ -152,6 +149,14 @@ def test_a_requeued_job_is_asked_to_checkpoint_then_resumes(slurm_repo, runs_roo
     assert saved > 0 and (run / "output" / "resumes.txt").read_text().split() == ["0", str(saved)]
     assert "code version 1" in (run / "logs" / "attempt-1" / "stdout.log").read_text()
     assert "code version 1" in (run / "logs" / "stdout.log").read_text()
+
+
+def requeue_and_wait(slurm: Any, job_id: str, runs_root: Path) -> list[dict[str, Any]]:
+    """Requeue the Slurm job, let it start again at once, and wait for its runs to end."""
+    env = slurm.environ | _path()
+    subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
+    _release_the_requeue_hold(job_id, env)
+    return wait_all(runs_root, {"succeeded", "failed", "cancelled", "lost"}, timeout_s=300)
 
 
 def _release_the_requeue_hold(job_id: str, env: dict[str, str]) -> None:

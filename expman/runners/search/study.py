@@ -49,7 +49,8 @@ def storage_url(queue_url: str) -> tuple[str, dict[str, Any]]:
 def open_storage(queue_url: str) -> optuna.storages.RDBStorage:
     optuna = optuna_module()
     url, options = storage_url(queue_url)
-    for attempt in range(1, CREATE_TRIES + 1):
+    attempt = 1
+    while True:
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=options)
         except Exception as exc:  # SQLAlchemy's errors: a server that is down, a file that is not a database
@@ -60,7 +61,7 @@ def open_storage(queue_url: str) -> optuna.storages.RDBStorage:
                     f"cannot open the search's storage in {dialect_for(queue_url).shown}: {first}"
                 ) from None
             time.sleep(0.2 * attempt)  # another process is making Optuna's tables this moment
-    raise QueueError(f"cannot open the search's storage in {dialect_for(queue_url).shown}")
+            attempt += 1
 
 
 def study_name(commit: str, spec: SearchSpec, segment: Any, queue_url: str) -> str:
