@@ -37,6 +37,7 @@ RECORD_FIELDS = (
     *("exit_code", "oom_killed", "peak_memory_bytes", "config_hash"),
 )
 GIT_FIELDS = {"commit": "commit", "branch": "branch", "subject": "subject"}
+SEARCH_FIELDS = ("study", "trial", "segment", "member", "generation", "parent")
 # A run with no event files and less results.json and stdout than this is parsed afresh each
 # time: that is as quick as reading a cache entry, and writing one per run would cost more.
 UNCACHED_BYTES = 64 * 1024
@@ -137,8 +138,27 @@ def _row(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], kee
     row.update({name: info.record.get(name) for name in RECORD_FIELDS})
     git = info.record.get("git") or {}
     row.update({column: git.get(name) for column, name in GIT_FIELDS.items()})
+    sweep = info.record.get("sweep") or {}
+    row["sweep"] = sweep.get("id")
+    search = info.record.get("search") or {}
+    row.update({f"search.{name}": search.get(name) for name in SEARCH_FIELDS})
+    row.update(_annotations(info.run))
     row.update({f"config.{k}": v for k, v in flatten_config(info.config).items()})
     row.update(_derived(info, store, patterns, stats, keep, check))
+    return row
+
+
+def _annotations(run: RunDir) -> dict[str, Any]:
+    """``tag.<key>`` per tag and ``notes`` (every note, one per line) from annotations.json."""
+    try:
+        data = read_json(run.annotations)
+    except (OSError, ValueError):
+        return {"notes": None}
+    tags = data.get("tags") if isinstance(data, dict) else None
+    notes = data.get("notes") if isinstance(data, dict) else None
+    row: dict[str, Any] = {f"tag.{k}": v for k, v in tags.items()} if isinstance(tags, dict) else {}
+    texts = [str(n.get("text", "")) for n in notes if isinstance(n, dict)] if isinstance(notes, list) else []
+    row["notes"] = "\n".join(texts) or None
     return row
 
 

@@ -47,6 +47,11 @@ class RunDir:
         return self.path / "config.json"
 
     @cached_property
+    def annotations(self) -> Path:
+        """Tags and notes: the user's own words about a run, kept apart from its provenance."""
+        return self.path / "annotations.json"
+
+    @cached_property
     def code_tar(self) -> Path:
         return self.path / "code.tar"
 
