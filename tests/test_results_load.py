@@ -12,10 +12,10 @@ import pytest
 
 from expman.errors import ConfigError, UsageError
 from expman.results import load_runs, load_scalars, read_results, read_run_scalars
-from expman.results import loader as loader_module
+from expman.results import rows as loader_module
 from expman.results.cache import CACHE_DIR
 from expman.results.flatten import flatten_config, flatten_results
-from expman.results.loader import UNCACHED_BYTES
+from expman.results.rows import UNCACHED_BYTES
 
 from .results_helpers import make_run, scalars, write_events
 

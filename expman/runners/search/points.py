@@ -27,7 +27,7 @@ from ...experiment.search import SearchSpec
 from ...experiment.sweep import Combination, effective_config
 from ...progress import Reporter
 from ...queue import Job, JobState, NewJob, Queue
-from ...results.loader import run_value
+from ...results.rows import run_value
 from ...rundir.layout import Clock, RunDir
 from ...rundir.record import RunRecord
 from ...submit.create import RunSpec, create_runs
