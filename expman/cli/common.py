@@ -16,9 +16,7 @@ import orjson
 from rich.console import Console
 
 from ..errors import ExpmanError, UsageError
-from ..experiment.config import CONFIG_FILE, SECTION
-from ..experiment.git import find_repository
-from ..rundir.layout import resolve_runs_root
+from ..rundir.layout import RUNS_ROOT_VARIABLE, resolve_runs_root
 
 if TYPE_CHECKING:
     from ..queue import Queue
@@ -77,6 +75,11 @@ def runs_root(args: argparse.Namespace) -> Path:
     (the work tree's: looking at runs needs no clean tree), else the default data dir."""
     if getattr(args, "runs_root", None):
         return Path(args.runs_root).expanduser().absolute()
+    if os.environ.get(RUNS_ROOT_VARIABLE):
+        return resolve_runs_root(None, None, os.environ)
+    from ..experiment.config import CONFIG_FILE, SECTION  # here: listing commands start faster
+    from ..experiment.git import find_repository
+
     configured, repo = None, None
     try:
         repo = find_repository(args.repo)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import os
 import sys
 import traceback
@@ -18,11 +19,22 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ExpmanError, RunCancelledError, UsageError
-from . import completion, logs, queue, runs, search, show, submit, table
 from .common import error_console
 
 _PIPE_WIDTH = 200
-COMMAND_GROUPS = (submit, queue, search, runs, show, logs, table, completion)
+# Command group modules, in the order --help lists them, with the commands each adds: a
+# command line naming one of these imports only that module, so that `expman runs` does not
+# pay for importing what `expman submit` needs.
+COMMAND_GROUPS = {
+    "submit": ("submit",),
+    "queue": ("sweep", "schedule", "worker", "status", "retry"),
+    "search": ("search", "lineage"),
+    "runs": ("runs", "sync", "cancel"),
+    "show": ("show",),
+    "logs": ("logs",),
+    "table": ("table",),
+    "completion": ("completion",),
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +71,18 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _groups(argv: Sequence[str] | None) -> list[Any]:
+    """The modules whose commands the parser needs: the one of the command ``argv`` names,
+    else all (for help, completion, the near miss of an unknown command, and after -C PATH,
+    whose PATH is no command)."""
+    command = next((a for a in argv or () if not a.startswith("-")), None)
+    named = [module for module, commands in COMMAND_GROUPS.items() if command in commands]
+    if argv is None or named in ([], ["completion"]) or any(a.startswith("-C") for a in argv):
+        named = list(COMMAND_GROUPS)
+    return [importlib.import_module(f"{__package__}.{module}") for module in named]
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="expman", description="Reproducible ML experiments from committed code.")
     parser.add_argument("--version", action="version", version=f"expman {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -72,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run as if expman was started in PATH (as git -C; repeated, each is relative to the one before)",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for group in COMMAND_GROUPS:
+    for group in _groups(argv):
         group.add_parsers(commands)
     parser.set_defaults(root_parser=parser)
     return parser
@@ -85,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = error_console()
     debug = "--debug" in argv
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
         if args.command is None:
             sys.stdout.write(parser.format_help())

@@ -82,26 +82,43 @@ def records_of(args: argparse.Namespace, runs: list[RunDir]) -> list[RunRecord]:
 
 
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:
-    root = runs_root(args)
-    records = records_of(args, list_runs(root))
-    if args.status:
-        records = [r for r in records if r.status in args.status]
-    if args.commit:
-        records = [r for r in records if r.git.commit.startswith(args.commit)]
-    if args.where and records:
-        wanted = _matching(root, args.where)
-        records = [r for r in records if r.run_id in wanted]
+    import orjson
+
+    from ..results.index import RunsIndex, runs_condition
+
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit {args.limit}: give a number of runs, or 0 for all")
+    root = runs_root(args)
+    limit = args.limit if args.limit is not None else 0 if args.format == "json" else _screenful(console)
+    where, params = runs_condition(set(args.status or ()), args.commit, None)
+    if args.where:
+        ids = sorted(_matching(root, args.where))
+        where = " AND ".join(filter(None, [where, f"run_id IN ({', '.join('?' * len(ids))})"]))
+        params += ids
+    with RunsIndex(root) as index:
+        index.refresh(full=False)
+        texts, total = index.records(where, params, limit or None)
+    records = _live([RunRecord.from_dict(orjson.loads(text)) for text in texts], root, args.offline)
     if args.format == "json":
-        emit_json([r.to_dict() for r in (records[: args.limit] if args.limit else records)])
+        emit_json([r.to_dict() for r in records])
         return 0
-    limit = args.limit if args.limit is not None else _screenful(console)
-    shown = records[:limit] if limit else records
-    console.print(_runs_table(shown, console.width))
-    if len(shown) < len(records):
-        console.print(f"… and {len(records) - len(shown)} more; --limit N shows N, --limit 0 all", markup=False)
+    console.print(_runs_table(records, console.width))
+    if len(records) < total:
+        console.print(f"… and {total - len(records)} more; --limit N shows N, --limit 0 all", markup=False)
     return 0
+
+
+def _live(records: list[RunRecord], root: Path, offline: bool) -> list[RunRecord]:
+    """``records``, those not final brought up to date from where they run (unless offline)."""
+    pending = [i for i, r in enumerate(records) if not r.final]
+    if offline or not pending:
+        return records
+    fresh, warnings = control.refresh([RunDir(root / records[i].run_id) for i in pending], os.environ)
+    for warning in warnings:
+        warn(warning)
+    for i, record in zip(pending, fresh, strict=True):
+        records[i] = record
+    return records
 
 
 def _matching(root: Path, where: list[str]) -> set[str]:

@@ -25,6 +25,7 @@ from ..rundir.layout import list_runs
 from .cache import Cache, CachedScalars
 from .filters import Condition, parse_conditions
 from .flatten import read_config, read_json
+from .index import RunsIndex, runs_condition
 from .options import DEFAULT_STATS, KEEP_MODES
 from .rows import RunInfo, columns_of, run_row, scalar_source
 from .scalars import event_files, match_keys, read_run_scalars
@@ -81,18 +82,44 @@ def load_runs(
     overrides the runs' own stdout patterns; ``scalar_stats=()`` skips event files."""
     _check_keep(keep)
     conditions = parse_conditions(where) + parse_conditions(f"{k}={v}" for k, v in equals.items())
-    runs = select_runs(root, status, commit, branch)
-    store = Cache(Path(root).expanduser(), cache)
-    patterns = compile_patterns(parse) if parse is not None else None
-    rows = []
-    for done, info in enumerate(runs, 1):
-        rows.append(run_row(info, store, patterns, tuple(scalar_stats), keep, check_crc))
-        if progress:
-            progress(done, len(runs))
-    frame = pd.DataFrame(rows, columns=columns_of(rows))
+    stats = tuple(scalar_stats)
+    if parse is None and keep == "last" and check_crc and cache and set(stats) <= set(DEFAULT_STATS):
+        frame = _indexed_frame(Path(root).expanduser(), _statuses(status), commit, branch, stats, progress)
+    else:
+        runs = select_runs(root, status, commit, branch)
+        store = Cache(Path(root).expanduser(), cache)
+        patterns = compile_patterns(parse) if parse is not None else None
+        rows = []
+        for done, info in enumerate(runs, 1):
+            rows.append(run_row(info, store, patterns, stats, keep, check_crc))
+            if progress:
+                progress(done, len(runs))
+        frame = pd.DataFrame(rows, columns=columns_of(rows))
     for condition in conditions:
         frame = frame[condition.mask(frame)]
     return frame.reset_index(drop=True)
+
+
+def _statuses(status: str | Sequence[str] | None) -> set[str]:
+    return {status} if isinstance(status, str) else set(status or ())
+
+
+def _indexed_frame(
+    root: Path, statuses: set[str], commit: str | None, branch: str | None, stats: tuple[str, ...], progress: Any
+) -> pd.DataFrame:
+    """The rows kept by the runs index, refreshed first: what ``run_row`` would make, read
+    from one file."""
+    if not root.is_dir():
+        raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
+    where, params = runs_condition(statuses, commit, branch)
+    with RunsIndex(root) as index:
+        index.refresh(progress=progress)
+        columns, rows = index.select(where, params)
+    keep = [i for i, c in enumerate(columns) if not c.startswith("tb:") or c.rpartition(":")[2] in stats]
+    if len(keep) < len(columns):
+        columns = [columns[i] for i in keep]
+        rows = [[row[i] for i in keep] for row in rows]
+    return pd.DataFrame(rows, columns=columns or columns_of([]))
 
 
 def _check_keep(keep: str) -> None:

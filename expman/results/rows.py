@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..experiment.config import SECTION
 from ..experiment.patterns import compile_patterns
 from ..rundir.layout import RunDir
 from .cache import Cache, CachedScalars
 from .filters import resolve_column
 from .flatten import flatten_config, read_config, read_json, read_results
+from .options import DEFAULT_STATS
 from .scalars import RunScalars, event_files, file_signature, read_run_scalars, summarize
 from .stdout import extract
 
@@ -92,6 +95,8 @@ def _derived(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...],
     if patterns is None:
         patterns = compile_patterns(run_patterns(info.config))
     files = event_files(run.output) if stats else []
+    if not store.enabled:
+        return _compute_derived(info, store, patterns, files, stats, keep, check)
     inputs = file_signature([p for p in (run.output / "results.json", run.stdout_log) if p.exists()], run.path)
     if not files and sum(size for _, size, _ in inputs) < UNCACHED_BYTES:
         return _compute_derived(info, store, patterns, files, stats, keep, check)
@@ -164,3 +169,19 @@ def run_scalars(info: RunInfo, store: Cache, keep: str, check: bool, files: list
         return source.load()
     except OSError:
         return read_run_scalars(info.run.output, event_files(info.run.output), keep, check)
+
+
+def read_run(path: Path) -> tuple[bytes | None, dict[str, Any] | None]:
+    """What the runs index keeps of one run: run.json (compact) and its row with the default
+    scalar statistics; (None, None) when run.json cannot be read as a record. The results
+    cache is left alone: the index is this row's cache."""
+    run = RunDir(path)
+    try:
+        record = read_json(run.record)
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(record, dict):
+        return None, None
+    info = RunInfo(run, record, read_config(run.config))
+    row = run_row(info, Cache(path.parent, False), None, DEFAULT_STATS, "last", True)
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS), row

@@ -1,0 +1,441 @@
+"""The runs index: every run of a runs root as one row of a SQLite table, so that listings,
+tables and SQL over 10,000 runs read one file instead of 10,000 directories.
+
+The file is ``<runs_root>/.expman-index/v<FORMAT>-<host>.sqlite``: one per host, because
+SQLite's locks cannot be trusted across the hosts of a network filesystem, so each host keeps
+its own copy of what the shared run directories say. A runs root this user cannot write keeps
+its index in the user's cache directory instead.
+
+The run directories stay the truth: deleting the index loses nothing. A refresh stats each
+run's files and rereads only the runs whose files changed; a quick refresh, enough for
+listings, stats only each run's directory and run.json (every writer of run.json and
+annotations.json renames a new file into place, which changes the directory). Refreshers
+take turns through a lock file, so that one reads and the others then find nothing left to
+do; the lock is only a courtesy: a row is written only while the index still holds what its
+writer saw before reading the run (compare and set), so a refresher that waited too long, or
+that went on without the lock, never puts an older state over a newer one.
+
+The table ``runs`` has a column per key of ``rows.run_row`` (``config.<key>``,
+``results.<key>``, ``tb:<tag>:<stat>``, ``tag.<key>``, record fields), added as keys first
+appear; ``expman query`` reads it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import UsageError
+
+FORMAT = 1
+INDEX_DIR = ".expman-index"
+LOCK_WAIT_S = 30.0
+_BOOL = 1  # column flags: a bool was stored (SQLite keeps 0/1) ...
+_NAN = 2  # ... a NaN was (SQLite keeps NULL)
+_BUSY_TIMEOUT_MS = 60_000
+_BATCH = 500  # runs read, then written in one transaction: memory and lock time stay bounded
+_MAX_WATCHED_DIRS = 64
+_EVENT_FILE_MARKER = "tfevents"
+# Every row has these (None where they do not apply); other columns appear with their keys.
+ALWAYS = (
+    "run_id",
+    *("status", "reason", "backend", "host", "queued_at", "started_at", "ended_at", "duration_s"),
+    *("exit_code", "oom_killed", "peak_memory_bytes", "config_hash", "commit", "branch", "subject", "sweep"),
+    *("search.study", "search.trial", "search.segment", "search.member", "search.generation", "search.parent"),
+    "notes",
+)
+# Kept in every selection too, though not fixed in place: they follow a run's first results.
+_KEPT = {*ALWAYS, "partial", "problems"}
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a refresh saw of one run before reading it: the signatures to compare and set."""
+
+    quick: str
+    full: str
+    watched: str
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class RunsIndex:
+    """The index of ``root``; ``refresh()`` before reading. Closes with ``close()`` or ``with``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = _index_path(root)
+        self.db = _connect(self.path)
+        self._columns: dict[str, str] = {}
+        self._flags: dict[str, int] = {}
+        self._load_columns()
+
+    def __enter__(self) -> RunsIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- refreshing -------------------------------------------------------------------------
+
+    def refresh(self, full: bool = True, progress: Progress | None = None) -> int:
+        """Brings the index up to date with the run directories; returns how many runs were
+        reread or dropped. ``full=False`` looks only at records (enough for a listing)."""
+        known = self._known()
+        names = _run_names(self.root)
+        stale = self._changed(names, known, full)
+        gone = [n for n in known if n not in names]
+        if not stale and not gone:
+            return 0
+        with self._refresh_lock():
+            known = self._known()
+            stale = self._changed(stale, known, full)
+            gone = [n for n in gone if n in known and not os.path.exists(f"{self.root}/{n}/run.json")]
+            if gone:
+                self._write([], {n: known[n] for n in gone})
+            stale.sort()
+            for start in range(0, len(stale), _BATCH):
+                self._write(self._read(stale[start : start + _BATCH], known), {})
+                if progress:
+                    progress(min(start + _BATCH, len(stale)), len(stale))
+        return len(stale) + len(gone)
+
+    def _known(self) -> dict[str, Seen]:
+        return {r: Seen(q, f, w) for r, q, f, w in self.db.execute("SELECT run_id, quick, full, watched FROM files")}
+
+    def _changed(self, names: Iterable[str], known: dict[str, Seen], full: bool) -> list[str]:
+        """The runs among ``names`` whose files differ from what the index saw (all their
+        files, or with ``full=False`` their directory and run.json)."""
+        changed = []
+        prefix = f"{self.root}/"
+        for name in names:
+            seen = known.get(name)
+            base = prefix + name
+            if (
+                seen is None
+                or _quick_signature(base) != seen.quick
+                or full
+                and _signature(base, seen.watched) != seen.full
+            ):
+                changed.append(name)
+        return changed
+
+    def _read(self, names: list[str], known: dict[str, Seen]) -> list[tuple]:
+        """(run_id, what the index held, the new Seen, record bytes, row) per run still there."""
+        from .rows import read_run  # numpy and the parsers: only when a run must be read
+
+        rows = []
+        for name in names:
+            run = f"{self.root}/{name}"
+            quick = _quick_signature(run)
+            if quick is not None:
+                watched = _watched(run)
+                full = _signature(run, watched)
+                record, row = read_run(Path(run))
+                rows.append((name, known.get(name), Seen(quick, full, watched), record, row))
+        return rows
+
+    def _write(self, rows: list[tuple], gone: dict[str, Seen]) -> None:
+        with self._transaction():
+            current = self._known()
+            # a run another refresher got to first is left as it wrote it: it saw the files as
+            # late as this one did, or later
+            fresh = [r for r in rows if current.get(r[0]) == r[1]]
+            self.db.executemany(
+                "INSERT OR REPLACE INTO files (run_id, quick, full, watched, record) VALUES (?, ?, ?, ?, ?)",
+                [(name, seen.quick, seen.full, seen.watched, record) for name, _, seen, record, _ in fresh],
+            )
+            removed = [(name,) for name, before in gone.items() if current.get(name) == before]
+            self.db.executemany("DELETE FROM files WHERE run_id = ?", removed)
+            # run.json unreadable: the run is known (not reread until it changes) but has no row
+            unreadable = [(name,) for name, _, _, _, row in fresh if row is None]
+            self.db.executemany("DELETE FROM runs WHERE run_id = ?", removed + unreadable)
+            self._put([(name, row) for name, _, _, _, row in fresh if row is not None])
+
+    def _put(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+        """Rows into ``runs``, one statement for all: a column per key, added as keys appear."""
+        if not rows:
+            return
+        for _, row in rows:
+            for key in row:
+                if key not in self._columns:
+                    self._column(key)
+        keys = list(self._columns)
+        names = ", ".join(quote(self._columns[k]) for k in keys)
+        values = [[self._value(k, row.get(k)) for k in keys] for _, row in rows]
+        self.db.executemany(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})", values)
+
+    def _value(self, key: str, value: Any) -> Any:
+        if value is None or type(value) is str:
+            return value
+        if type(value).__module__ == "numpy":
+            value = value.item()
+        if isinstance(value, bool):
+            self._flag(key, _BOOL)
+            return int(value)
+        if isinstance(value, float) and value != value:
+            self._flag(key, _NAN)
+            return None
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return str(value)
+        if isinstance(value, (list, dict)):
+            return orjson.dumps(value).decode()
+        return value
+
+    def _flag(self, key: str, flag: int) -> None:
+        if self._flags.get(key, 0) & flag:
+            return
+        self._flags[key] = self._flags.get(key, 0) | flag
+        self.db.execute(
+            "INSERT INTO columns (name, sql, flags) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET flags = flags | excluded.flags",
+            (key, self._columns.get(key, key), flag),
+        )
+
+    def _column(self, key: str) -> str:
+        """The SQL column of ``key``, added on first use. SQLite's names ignore case, so a key
+        differing from another only in case is given a numbered name."""
+        if key in self._columns:
+            return self._columns[key]
+        taken = {name.lower() for name in self._columns.values()}
+        name, n = key, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{key}#{n}"
+        try:
+            self.db.execute(f"ALTER TABLE runs ADD COLUMN {quote(name)}")
+        except sqlite3.OperationalError as exc:
+            raise UsageError(f"the runs index cannot take column {key!r}: {exc}; runs have too many keys") from None
+        self.db.execute(
+            "INSERT INTO columns (name, sql, flags) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET sql = excluded.sql",
+            (key, name, self._flags.get(key, 0)),
+        )
+        self._columns[key] = name
+        return name
+
+    def _load_columns(self) -> None:
+        self._columns, self._flags = {}, {}
+        for name, sql, flags in self.db.execute("SELECT name, sql, flags FROM columns ORDER BY rowid"):
+            self._columns[name], self._flags[name] = sql, flags
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self._load_columns()  # another process may have added columns
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._load_columns()
+            raise
+        self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _refresh_lock(self) -> Iterator[None]:
+        """One refresher at a time on this host; after LOCK_WAIT_S of waiting (a holder
+        stopped, say) this one goes on without: compare and set keeps the rows right."""
+        with open(self.path.with_suffix(".lock"), "a+b") as lock:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+            yield
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def select(self, where: str = "", params: Sequence[Any] = (), order: str = "run_id") -> tuple[list[str], list]:
+        """Columns (keys, as ``load_runs`` names them) and rows of ``runs`` matching the SQL
+        condition ``where``, columns that are empty for every selected run left out."""
+        sql = f"SELECT * FROM runs {'WHERE ' + where if where else ''} ORDER BY {order}"
+        cursor = self.db.execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+        keys = {sql_name: key for key, sql_name in self._columns.items()}
+        flags = [self._flags.get(keys.get(n, n), 0) for n in names]
+        used = [
+            i
+            for i, n in enumerate(names)
+            if keys.get(n, n) in _KEPT or flags[i] & _NAN or any(row[i] is not None for row in rows)
+        ]
+        columns = [keys.get(names[i], names[i]) for i in used]
+        bools = [j for j, i in enumerate(used) if flags[i] & _BOOL]
+        nans = [j for j, i in enumerate(used) if flags[i] & _NAN]
+        if not bools and not nans:
+            return columns, [[row[i] for i in used] for row in rows]
+        out = []
+        for row in rows:
+            values = [row[i] for i in used]
+            for j in bools:
+                if isinstance(values[j], int):
+                    values[j] = bool(values[j])
+            for j in nans:
+                if values[j] is None:
+                    values[j] = math.nan
+            out.append(values)
+        return columns, out
+
+    def records(self, where: str = "", params: Sequence[Any] = (), limit: int | None = None) -> tuple[list[bytes], int]:
+        """run.json of the runs matching ``where`` (newest first, at most ``limit``), and how
+        many match in all."""
+        condition = f"WHERE {where}" if where else ""
+        (total,) = self.db.execute(f"SELECT count(*) FROM runs {condition}", list(params)).fetchone()
+        sql = f"SELECT f.record FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [r for (r,) in self.db.execute(sql, list(params))], total
+
+
+def runs_condition(statuses: set[str], commit: str | None, branch: str | None) -> tuple[str, list[Any]]:
+    """The SQL condition on ``runs`` for the usual selectors: statuses, a commit prefix, a branch."""
+    parts: list[str] = []
+    params: list[Any] = []
+    if statuses:
+        parts.append(f"status IN ({', '.join('?' * len(statuses))})")
+        params.extend(sorted(statuses))
+    if commit:
+        parts.append('substr("commit", 1, ?) = ?')
+        params.extend([len(commit), commit])
+    if branch:
+        parts.append("branch = ?")
+        params.append(branch)
+    return " AND ".join(parts), params
+
+
+def _index_path(root: Path) -> Path:
+    name = f"v{FORMAT}-{_host()}.sqlite"
+    directory = root / INDEX_DIR
+    try:
+        directory.mkdir(exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory / name
+    except OSError:
+        pass
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "expman" / "index"
+    cache.mkdir(parents=True, exist_ok=True)
+    import hashlib
+
+    return cache / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}-{name}"
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in os.uname().nodename) or "host"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """The index's connection; a damaged or foreign file is replaced (it holds nothing that
+    the run directories do not)."""
+    for attempt in range(2):
+        db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            _create(db)
+            return db
+        except sqlite3.DatabaseError:
+            db.close()
+            if attempt:
+                raise
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
+def _create(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS files "
+            "(run_id TEXT PRIMARY KEY, quick TEXT NOT NULL, full TEXT NOT NULL, watched TEXT NOT NULL, record BLOB)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS columns (name TEXT PRIMARY KEY, sql TEXT NOT NULL, flags INTEGER)")
+        fixed = ", ".join(quote(name) for name in ALWAYS[1:])
+        db.execute(f"CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, {fixed})")
+        db.executemany(
+            "INSERT OR IGNORE INTO columns (name, sql, flags) VALUES (?, ?, 0)", [(name, name) for name in ALWAYS]
+        )
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (str(FORMAT),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _run_names(root: Path) -> set[str]:
+    """Directories under ``root`` that may be runs (the index's own and hidden ones are not)."""
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return set()
+    return {e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)}
+
+
+def _stat(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+
+
+def _quick_signature(run: str) -> str | None:
+    """The run directory and its run.json; None when there is no run.json (not a run, or
+    not yet one)."""
+    record = _stat(run + "/run.json")
+    return None if record == "-" else _stat(run) + "|" + record
+
+
+def _watched(run: str) -> str:
+    """What a full refresh stats besides the quick signature, relative to the run, one per
+    line: config, results, stdout when the run parses it, every directory under output (a new
+    file changes its directory) and every event file. annotations.json is replaced by rename,
+    which the quick signature sees."""
+    paths = ["config.json", "output/results.json"]
+    if _parses_stdout(run):
+        paths.append("logs/stdout.log")
+    dirs = 0
+    for directory, subdirs, files in os.walk(run + "/output"):
+        subdirs.sort()
+        relative = os.path.relpath(directory, run)
+        if dirs < _MAX_WATCHED_DIRS:
+            paths.append(relative)
+            dirs += 1
+        paths.extend(f"{relative}/{name}" for name in sorted(files) if _EVENT_FILE_MARKER in name)
+    return "\n".join(paths)
+
+
+def _parses_stdout(run: str) -> bool:
+    try:
+        config = orjson.loads(Path(run, "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    section = config.get("expman") if isinstance(config, dict) else None
+    return isinstance(section, dict) and bool(section.get("parse"))
+
+
+def _signature(run: str, watched: str) -> str:
+    prefix = run + "/"
+    return "|".join([_stat(prefix + relative) for relative in watched.split("\n")])
