@@ -33,6 +33,7 @@ COMMAND_GROUPS = {
     "show": ("show",),
     "logs": ("logs",),
     "table": ("table",),
+    "query": ("query",),
     "completion": ("completion",),
 }
 
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         errors.print(f"expman: error: {exc.message}", markup=False, style="red")
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         errors.print("expman: interrupted", style="red")
         return RunCancelledError.exit_code

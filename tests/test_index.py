@@ -1,0 +1,208 @@
+"""The runs index and SQL over it: rows equal to what the run directories say, however the
+directories change and however many processes refresh at once; queries checked against
+values computed here from the same inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from expman.cli.main import main
+from expman.results import load_runs
+from expman.results.index import INDEX_DIR, RunsIndex
+from expman.results.rows import read_run
+
+from .results_helpers import make_run, scalars, write_events
+
+NETS = ("cnn", "mlp", "lstm")
+
+
+def _sweep(root: Path, n: int = 30) -> list[Path]:
+    runs = []
+    rng = random.Random(0)
+    for i in range(n):
+        config = {"model": {"net": NETS[i % 3]}, "train": {"lr": [0.1, 0.01][i // 3 % 2], "seed": i // 6}}
+        status = "failed" if i % 7 == 0 else "succeeded"
+        results = {"acc": round(rng.uniform(0, 1), 6), "ok": i % 2 == 0}
+        runs.append(make_run(root, config, results, status=status))
+    return runs
+
+
+def _truth(root: Path) -> dict[str, dict]:
+    """Every run's row as made straight from its files, the way the index reads one."""
+    rows = {}
+    for run in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        _, row = read_run(run)
+        if row is not None:
+            rows[run.name] = row
+    return rows
+
+
+def _indexed(root: Path) -> dict[str, dict]:
+    with RunsIndex(root) as index:
+        index.refresh()
+        columns, rows = index.select()
+    out = {}
+    for row in rows:
+        values = dict(zip(columns, row, strict=True))
+        out[values["run_id"]] = {k: v for k, v in values.items() if v is not None}
+    return out
+
+
+def _same(truth: dict[str, dict], indexed: dict[str, dict]) -> None:
+    assert set(truth) == set(indexed)
+    for run_id, row in truth.items():
+        expected = {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        got = {k: v for k, v in indexed[run_id].items() if not (isinstance(v, float) and math.isnan(v))}
+        assert got == expected, run_id
+
+
+def test_sql_with_or_in_group_by_and_stddev_matches_values_computed_here(runs_root, capsys):
+    runs = _sweep(runs_root)
+    rows = []
+    for run in runs:
+        config = json.loads((run / "config.json").read_text())
+        status = json.loads((run / "run.json").read_text())["status"]
+        acc = json.loads((run / "output" / "results.json").read_text())["acc"]
+        rows.append((config["model"]["net"], config["train"]["lr"], status, acc))
+    sql = (
+        'SELECT "config.model.net" AS net, count(*) AS n, avg("results.acc") AS mean, stddev("results.acc") AS sd '
+        "FROM runs WHERE status = 'succeeded' AND (\"config.train.lr\" = 0.1 OR \"config.model.net\" IN ('mlp')) "
+        "GROUP BY net ORDER BY net"
+    )
+    assert main(["query", sql, "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    expected = []
+    for net in sorted(NETS):
+        accs = [a for n, lr, s, a in rows if n == net and s == "succeeded" and (lr == 0.1 or n == "mlp")]
+        expected.append({"net": net, "n": len(accs), "mean": statistics.fmean(accs), "sd": statistics.stdev(accs)})
+    assert [g["net"] for g in got] == [e["net"] for e in expected]
+    for g, e in zip(got, expected, strict=True):
+        assert g["n"] == e["n"] and g["mean"] == pytest.approx(e["mean"]) and g["sd"] == pytest.approx(e["sd"])
+
+
+def test_window_functions_and_the_other_formats(runs_root, capsys):
+    _sweep(runs_root, 9)
+    sql = (
+        'SELECT run_id, "config.model.net" AS net, rank() OVER (PARTITION BY "config.model.net" '
+        'ORDER BY "results.acc" DESC) AS place, stddev("results.acc") OVER (PARTITION BY "config.model.net") AS sd '
+        "FROM runs ORDER BY net, place"
+    )
+    assert main(["query", sql, "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    by_net = {net: sorted((r for r in got if r["net"] == net), key=lambda r: r["place"]) for net in NETS}
+    frame = load_runs(runs_root)
+    for net, rows in by_net.items():
+        accs = frame[frame["config.model.net"] == net]["results.acc"].tolist()
+        assert [r["place"] for r in rows] == [1, 2, 3]
+        assert rows[0]["sd"] == pytest.approx(statistics.stdev(accs))
+    assert main(["query", "SELECT status, count(*) AS n FROM runs GROUP BY status", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["status,n", "failed,2", "succeeded,7"]
+    assert main(["query", "SELECT status, count(*) AS n FROM runs GROUP BY status", "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["| status | n |", "|---|---:|"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELEC 1", 'near "SELEC": syntax error'),
+        ('SELECT "config.nope" + x FROM runs', "no such column: x"),
+        ("DELETE FROM runs", "attempt to write a readonly database"),
+        ("DROP TABLE runs", "attempt to write a readonly database"),
+    ],
+)
+def test_a_bad_query_is_the_engine_s_message_in_one_line_and_changes_nothing(runs_root, capsys, sql, message):
+    _sweep(runs_root, 3)
+    assert main(["query", "SELECT count(*) AS n FROM runs", "--format", "json"]) == 0
+    capsys.readouterr()
+    assert main(["query", sql]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert main(["query", "SELECT count(*) AS n FROM runs", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 3}]
+
+
+def test_a_run_directory_edited_behind_the_index_s_back_is_seen_at_the_next_refresh(runs_root):
+    runs = _sweep(runs_root, 6)
+    write_events(runs[1] / "output" / "tb", scalars("loss", range(5)))
+    _same(_truth(runs_root), _indexed(runs_root))
+    (runs[0] / "output" / "results.json").write_text('{"acc": 0.5, "new": 7}')  # in place, another size
+    os.utime(runs[0] / "output" / "results.json", ns=(1, 1))
+    record = json.loads((runs[2] / "run.json").read_text())
+    with open(runs[2] / "run.json", "r+") as f:  # in place, as an editor might
+        f.write(json.dumps({**record, "status": "cancelled"}))
+    (runs[3] / "annotations.json").write_text('{"tags": {"paper": "fig2"}}')
+    write_events(runs[1] / "output" / "tb", scalars("loss", range(5, 9)))  # a new event file
+    (runs[4] / "config.json").write_text('{"model": {"net": "gru"}}')
+    shutil.rmtree(runs[5])
+    make_run(runs_root, {"model": {"net": "new"}}, {"acc": 1.0})
+    (runs_root / "not-a-run").mkdir()
+    indexed = _indexed(runs_root)
+    _same(_truth(runs_root), indexed)
+    assert indexed[runs[0].name]["results.new"] == 7 and indexed[runs[2].name]["status"] == "cancelled"
+    assert indexed[runs[3].name]["tag.paper"] == "fig2" and indexed[runs[1].name]["tb:tb/loss:last"] == 4.0
+    assert indexed[runs[4].name]["config.model.net"] == "gru" and runs[5].name not in indexed
+    assert len(indexed) == 6
+
+
+def test_deleting_or_damaging_the_index_loses_nothing(runs_root):
+    _sweep(runs_root, 12)
+    before = load_runs(runs_root)
+    shutil.rmtree(runs_root / INDEX_DIR)
+    assert load_runs(runs_root).equals(before)
+    (index_file,) = (runs_root / INDEX_DIR).glob("*.sqlite")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{index_file}{suffix}").unlink(missing_ok=True)
+    index_file.write_bytes(b"not a database at all" * 100)
+    assert load_runs(runs_root).equals(before)
+
+
+def test_bools_nans_and_keys_differing_only_in_case_survive(runs_root):
+    make_run(runs_root, {"LR": 1, "lr": 2}, '{"ok": true, "loss": NaN, "big": 123456789012345678901234567890}')
+    row = load_runs(runs_root).iloc[0]
+    assert row["config.LR"] == 1 and row["config.lr"] == 2
+    assert row["results.ok"] is True or row["results.ok"] == True  # noqa: E712 (numpy's bool)
+    assert math.isnan(row["results.loss"]) and int(row["results.big"]) == 123456789012345678901234567890
+
+
+def _refresh_in_child(root: str, rounds: int, queue: multiprocessing.Queue) -> None:
+    try:
+        for _ in range(rounds):
+            with RunsIndex(Path(root)) as index:
+                index.refresh()
+                index.select()
+        queue.put("ok")
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent)
+        queue.put(repr(exc))
+
+
+def test_eight_processes_refreshing_at_once_while_runs_change_stay_consistent(runs_root):
+    runs = _sweep(runs_root, 120)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    children = [ctx.Process(target=_refresh_in_child, args=(str(runs_root), 6, queue)) for _ in range(8)]
+    for child in children:
+        child.start()
+    rng = random.Random(1)
+    for step in range(40):
+        run = rng.choice(runs)
+        (run / "output" / "results.json").write_text(json.dumps({"acc": step / 40, "step": step}))
+        if step % 10 == 0:
+            make_run(runs_root, {"model": {"net": "late"}}, {"acc": step, f"new{step}": step})  # new columns
+    results = [queue.get(timeout=300) for _ in children]
+    for child in children:
+        child.join(60)
+    assert results == ["ok"] * 8
+    _same(_truth(runs_root), _indexed(runs_root))
+    with RunsIndex(runs_root) as index:
+        (files,) = index.db.execute("SELECT count(*) FROM files").fetchone()
+        (rows,) = index.db.execute("SELECT count(*) FROM runs").fetchone()
+    assert files == rows == 124
