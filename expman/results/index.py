@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import math
+import multiprocessing
 import os
 import sqlite3
 import time
@@ -43,7 +45,9 @@ LOCK_WAIT_S = 30.0
 _BOOL = 1  # column flags: a bool was stored (SQLite keeps 0/1) ...
 _NAN = 2  # ... a NaN was (SQLite keeps NULL)
 _BUSY_TIMEOUT_MS = 60_000
-_BATCH = 500  # runs read, then written in one transaction: memory and lock time stay bounded
+_PARALLEL_FROM = 1000
+_MAX_READERS = 4
+_BATCH = 250  # runs read, then written in one transaction: memory and lock time stay bounded
 _MAX_WATCHED_DIRS = 64
 _EVENT_FILE_MARKER = "tfevents"
 # Every row has these (None where they do not apply); other columns appear with their keys.
@@ -67,6 +71,12 @@ class Seen:
     quick: str
     full: str
     watched: str
+
+
+def _plain(value: Any) -> bool:
+    """SQLite keeps this value as it is (the common case, checked first for speed)."""
+    kind = type(value)
+    return kind is str or value is None or kind is float and value == value or kind is int and -(2**63) <= value < 2**63
 
 
 def quote(name: str) -> str:
@@ -111,14 +121,25 @@ class RunsIndex:
             if gone:
                 self._write([], {n: known[n] for n in gone})
             stale.sort()
-            for start in range(0, len(stale), _BATCH):
-                self._write(self._read(stale[start : start + _BATCH], known), {})
+            done = 0
+            for batch in _read_batches(str(self.root), stale):
+                self._write([(name, known.get(name), *read) for name, *read in batch], {})
+                done += len(batch)
                 if progress:
-                    progress(min(start + _BATCH, len(stale)), len(stale))
+                    progress(done, len(stale))
         return len(stale) + len(gone)
 
-    def _known(self) -> dict[str, Seen]:
-        return {r: Seen(q, f, w) for r, q, f, w in self.db.execute("SELECT run_id, quick, full, watched FROM files")}
+    def _known(self, names: list[str] | None = None) -> dict[str, Seen]:
+        """What the index saw of every run, or of the runs ``names``."""
+        sql = "SELECT run_id, quick, full, watched FROM files"
+        if names is None:
+            return {r: Seen(q, f, w) for r, q, f, w in self.db.execute(sql)}
+        known = {}
+        for start in range(0, len(names), 500):  # SQLite's limit on parameters is well above this
+            part = names[start : start + 500]
+            rows = self.db.execute(f"{sql} WHERE run_id IN ({', '.join('?' * len(part))})", part)
+            known.update({r: Seen(q, f, w) for r, q, f, w in rows})
+        return known
 
     def _changed(self, names: Iterable[str], known: dict[str, Seen], full: bool) -> list[str]:
         """The runs among ``names`` whose files differ from what the index saw (all their
@@ -137,24 +158,9 @@ class RunsIndex:
                 changed.append(name)
         return changed
 
-    def _read(self, names: list[str], known: dict[str, Seen]) -> list[tuple]:
-        """(run_id, what the index held, the new Seen, record bytes, row) per run still there."""
-        from .rows import read_run  # numpy and the parsers: only when a run must be read
-
-        rows = []
-        for name in names:
-            run = f"{self.root}/{name}"
-            quick = _quick_signature(run)
-            if quick is not None:
-                watched = _watched(run)
-                full = _signature(run, watched)
-                record, row = read_run(Path(run))
-                rows.append((name, known.get(name), Seen(quick, full, watched), record, row))
-        return rows
-
     def _write(self, rows: list[tuple], gone: dict[str, Seen]) -> None:
         with self._transaction():
-            current = self._known()
+            current = self._known([r[0] for r in rows] + list(gone))
             # a run another refresher got to first is left as it wrote it: it saw the files as
             # late as this one did, or later
             fresh = [r for r in rows if current.get(r[0]) == r[1]]
@@ -179,12 +185,12 @@ class RunsIndex:
                     self._column(key)
         keys = list(self._columns)
         names = ", ".join(quote(self._columns[k]) for k in keys)
-        values = [[self._value(k, row.get(k)) for k in keys] for _, row in rows]
+        convert = self._value
+        values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row in rows]
         self.db.executemany(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})", values)
 
     def _value(self, key: str, value: Any) -> Any:
-        if value is None or type(value) is str:
-            return value
+        """A value as SQLite keeps it, noting in the column's flags what must be given back."""
         if type(value).__module__ == "numpy":
             value = value.item()
         if isinstance(value, bool):
@@ -384,6 +390,32 @@ def _create(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
+def _read_batches(root: str, names: list[str]) -> Iterator[list[tuple]]:
+    """(run_id, Seen, record, row) of each run of ``names`` still there, in batches; read
+    by a pool of processes when there are many (the first index of a big runs root)."""
+    batches = [names[start : start + _BATCH] for start in range(0, len(names), _BATCH)]
+    workers = min(os.cpu_count() or 1, _MAX_READERS)
+    if len(names) < _PARALLEL_FROM or workers < 2:
+        yield from (_read(root, batch) for batch in batches)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(functools.partial(_read, root), batches)
+
+
+def _read(root: str, names: list[str]) -> list[tuple]:
+    from .rows import read_run  # numpy and the parsers: only when a run must be read
+
+    rows = []
+    for name in names:
+        run = f"{root}/{name}"
+        quick = _quick_signature(run)
+        if quick is not None:  # stat before reading: a change made meanwhile shows next time
+            watched = _watched(run)
+            full = _signature(run, watched)
+            rows.append((name, Seen(quick, full, watched), *read_run(Path(run))))
+    return rows
+
+
 def _run_names(root: Path) -> set[str]:
     """Directories under ``root`` that may be runs (the index's own and hidden ones are not)."""
     try:
@@ -410,12 +442,10 @@ def _quick_signature(run: str) -> str | None:
 
 def _watched(run: str) -> str:
     """What a full refresh stats besides the quick signature, relative to the run, one per
-    line: config, results, stdout when the run parses it, every directory under output (a new
+    line: config, results, stdout (for metrics parsed from it), every directory under output (a new
     file changes its directory) and every event file. annotations.json is replaced by rename,
     which the quick signature sees."""
-    paths = ["config.json", "output/results.json"]
-    if _parses_stdout(run):
-        paths.append("logs/stdout.log")
+    paths = ["config.json", "output/results.json", "logs/stdout.log"]
     dirs = 0
     for directory, subdirs, files in os.walk(run + "/output"):
         subdirs.sort()
@@ -425,15 +455,6 @@ def _watched(run: str) -> str:
             dirs += 1
         paths.extend(f"{relative}/{name}" for name in sorted(files) if _EVENT_FILE_MARKER in name)
     return "\n".join(paths)
-
-
-def _parses_stdout(run: str) -> bool:
-    try:
-        config = orjson.loads(Path(run, "config.json").read_bytes())
-    except (OSError, ValueError):
-        return False
-    section = config.get("expman") if isinstance(config, dict) else None
-    return isinstance(section, dict) and bool(section.get("parse"))
 
 
 def _signature(run: str, watched: str) -> str:
