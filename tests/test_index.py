@@ -206,3 +206,26 @@ def test_eight_processes_refreshing_at_once_while_runs_change_stay_consistent(ru
         (files,) = index.db.execute("SELECT count(*) FROM files").fetchone()
         (rows,) = index.db.execute("SELECT count(*) FROM runs").fetchone()
     assert files == rows == 124
+
+
+def test_the_compiled_signatures_equal_the_python_ones(runs_root):
+    from expman.results import index
+
+    require_compiled = os.environ.get("CI") == "true"
+    try:
+        from expman.results import _signatures
+    except ImportError:
+        assert not require_compiled, "the compiled signatures module was not built"
+        pytest.skip("no compiled signatures module")
+    run = make_run(runs_root, {"a": 1}, {"acc": 1})
+    weird = os.fsencode(run / "output") + b"/d\xff \xc3\xbc"  # a name that is not UTF-8
+    os.mkdir(weird)
+    with open(weird + b"/events.out.tfevents.1.host", "wb") as f:
+        f.write(b"x" * 10)
+    watched = index._watched(str(run))
+    assert os.fsdecode(b"d\xff \xc3\xbc/events.out.tfevents.1.host") in watched
+    for base in (str(run), str(run / "missing"), str(runs_root)):
+        assert _signatures.quick(base) == index._py_quick_signature(base)
+        assert _signatures.full(base, watched) == index._py_signature(base, watched)
+    assert _signatures.full(str(run), "x" * 5000) == "-"
+    assert _signatures.quick(str(run) + "/" + "y" * 5000) is None

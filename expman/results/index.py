@@ -433,7 +433,7 @@ def _stat(path: str) -> str:
     return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
 
-def _quick_signature(run: str) -> str | None:
+def _py_quick_signature(run: str) -> str | None:
     """The run directory and its run.json; None when there is no run.json (not a run, or
     not yet one)."""
     record = _stat(run + "/run.json")
@@ -457,6 +457,13 @@ def _watched(run: str) -> str:
     return "\n".join(paths)
 
 
-def _signature(run: str, watched: str) -> str:
+def _py_signature(run: str, watched: str) -> str:
     prefix = run + "/"
     return "|".join([_stat(prefix + relative) for relative in watched.split("\n")])
+
+
+try:  # the same two functions, compiled (see _signatures.c): a refresh is mostly these
+    from ._signatures import full as _signature
+    from ._signatures import quick as _quick_signature
+except ImportError:  # no C compiler at install time
+    _signature, _quick_signature = _py_signature, _py_quick_signature
