@@ -272,28 +272,34 @@ class RunsIndex:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def select(self, where: str = "", params: Sequence[Any] = (), order: str = "run_id") -> tuple[list[str], list]:
+    def select(
+        self,
+        where: str = "",
+        params: Sequence[Any] = (),
+        wanted: Callable[[str], bool] | None = None,
+        order: str = "run_id",
+    ) -> tuple[list[str], list[list[Any]]]:
         """Columns (keys, as ``load_runs`` names them) and rows of ``runs`` matching the SQL
-        condition ``where``, columns that are empty for every selected run left out."""
-        sql = f"SELECT * FROM runs {'WHERE ' + where if where else ''} ORDER BY {order}"
-        cursor = self.db.execute(sql, list(params))
-        names = [d[0] for d in cursor.description]
+        condition ``where``: the columns whose key ``wanted`` accepts (default all), less
+        those empty for every selected run."""
+        condition = f"WHERE {where}" if where else ""
+        keys = [k for k in self._columns if wanted is None or k in _KEPT or wanted(k)]
+        counts = self.db.execute(
+            f"SELECT {', '.join(f'count({quote(self._columns[k])})' for k in keys)} FROM runs {condition}", list(params)
+        ).fetchone()
+        keys = [k for k, n in zip(keys, counts, strict=True) if n or k in _KEPT or self._flags.get(k, 0) & _NAN]
+        cursor = self.db.execute(
+            f"SELECT {', '.join(quote(self._columns[k]) for k in keys)} FROM runs {condition} ORDER BY {order}",
+            list(params),
+        )
         rows = cursor.fetchall()
-        keys = {sql_name: key for key, sql_name in self._columns.items()}
-        flags = [self._flags.get(keys.get(n, n), 0) for n in names]
-        used = [
-            i
-            for i, n in enumerate(names)
-            if keys.get(n, n) in _KEPT or flags[i] & _NAN or any(row[i] is not None for row in rows)
-        ]
-        columns = [keys.get(names[i], names[i]) for i in used]
-        bools = [j for j, i in enumerate(used) if flags[i] & _BOOL]
-        nans = [j for j, i in enumerate(used) if flags[i] & _NAN]
+        bools = [j for j, k in enumerate(keys) if self._flags.get(k, 0) & _BOOL]
+        nans = [j for j, k in enumerate(keys) if self._flags.get(k, 0) & _NAN]
         if not bools and not nans:
-            return columns, [[row[i] for i in used] for row in rows]
+            return keys, [list(row) for row in rows]
         out = []
         for row in rows:
-            values = [row[i] for i in used]
+            values = list(row)
             for j in bools:
                 if isinstance(values[j], int):
                     values[j] = bool(values[j])
@@ -301,7 +307,7 @@ class RunsIndex:
                 if values[j] is None:
                     values[j] = math.nan
             out.append(values)
-        return columns, out
+        return keys, out
 
     def records(self, where: str = "", params: Sequence[Any] = (), limit: int | None = None) -> tuple[list[bytes], int]:
         """run.json of the runs matching ``where`` (newest first, at most ``limit``), and how

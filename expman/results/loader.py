@@ -114,11 +114,8 @@ def _indexed_frame(
     where, params = runs_condition(statuses, commit, branch)
     with RunsIndex(root) as index:
         index.refresh(progress=progress)
-        columns, rows = index.select(where, params)
-    keep = [i for i, c in enumerate(columns) if not c.startswith("tb:") or c.rpartition(":")[2] in stats]
-    if len(keep) < len(columns):
-        columns = [columns[i] for i in keep]
-        rows = [[row[i] for i in keep] for row in rows]
+        suffixes = tuple(f":{stat}" for stat in stats)
+        columns, rows = index.select(where, params, lambda key: not key.startswith("tb:") or key.endswith(suffixes))
     return pd.DataFrame(rows, columns=columns or columns_of([]))
 
 
