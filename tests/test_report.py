@@ -177,3 +177,11 @@ def test_report_in_headless_chromium(runs_root, report_runs, tmp_path):
 
         resources = browser.run("return performance.getEntriesByType('resource').map(e => e.name)")
         assert all(name.startswith(("data:", "file:")) for name in resources), resources
+
+
+def test_a_runs_root_without_succeeded_runs_still_has_a_report(runs_root, tmp_path):
+    failed = make_run(runs_root, {"train": {"lr": 0.1}}, {"accuracy": 0.5}, status="failed")
+    write_events(failed / "output" / "tb", scalars("loss", range(3)))
+    text = build_report(runs_root, ReportOptions())
+    assert len(runs_data(text)["rows"]) == 1
+    assert "No succeeded run to plot." in text

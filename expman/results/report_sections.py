@@ -67,8 +67,10 @@ def paper_tables(frame: pd.DataFrame, values: Sequence[str], seed_keys: Sequence
 def plots(root: Path, frame: pd.DataFrame, values: Sequence[str], seed_keys: Sequence[str], epoch: int | None) -> str:
     """A value over the first varying key (lines when it is numeric, bars otherwise), hue by
     the next, for the first values; and learning curves of the first scalars."""
+    if frame.empty:
+        return '<p class="note">No succeeded run to plot.</p>'
     figures = []
-    varying = varying_keys(frame, seed_keys) if not frame.empty else []
+    varying = varying_keys(frame, seed_keys)
     if varying:
         x = next((k for k in varying if is_numeric(frame[k])), varying[0])
         hue = next((k for k in varying if k != x), None)
