@@ -34,6 +34,8 @@ COMMAND_GROUPS = {
     "logs": ("logs",),
     "table": ("table",),
     "query": ("query",),
+    "plot": ("plot",),
+    "report": ("report",),
     "completion": ("completion",),
 }
 

@@ -58,12 +58,14 @@ def default_value(frame: pd.DataFrame) -> str:
     """The first numeric results column (results.json order), else the first scalar summary."""
     for prefix in ("results.", "tb:"):
         for column in frame.columns:
-            if column.startswith(prefix) and _is_numeric(frame[column]):
+            if column.startswith(prefix) and is_numeric(frame[column]):
                 return column
     raise UsageError("the selected runs have no numeric results; name one with --value (see --list)")
 
 
-def _is_numeric(series: pd.Series) -> bool:
+def is_numeric(series: pd.Series) -> bool:
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        return bool(series.notna().any())
     values = series.dropna()
     return bool(len(values)) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
 
@@ -79,12 +81,12 @@ def grouping_keys(frame: pd.DataFrame, named: Sequence[str], seed_keys: Sequence
             continue
         if column in named or column in pool:
             continue
-        if frame[column].map(_hashable).nunique(dropna=False) > 1:
+        if frame[column].map(hashable).nunique(dropna=False) > 1:
             keys.append(column)
     return keys
 
 
-def _hashable(value: Any) -> Any:
+def hashable(value: Any) -> Any:
     return value if not isinstance(value, float) or not math.isnan(value) else None
 
 
@@ -105,16 +107,18 @@ def build_table(
     value_column = resolve_column(columns, value) if value else default_value(frame)
     row_keys += grouping_keys(frame, row_keys + col_keys, seed_keys, pooled)
     groups: dict[tuple[tuple, tuple], list[float]] = {}
-    for record in frame.to_dict("records"):
-        row = tuple(_hashable(record[k]) for k in row_keys)
-        col = tuple(_hashable(record[k]) for k in col_keys)
-        groups.setdefault((row, col), []).append(_number(record[value_column]))
+    # only the columns a cell needs: a frame of every column per record is slow at 10,000 runs
+    used = list(dict.fromkeys([*row_keys, *col_keys, value_column]))
+    for record in frame[used].to_dict("records"):
+        row = tuple(hashable(record[k]) for k in row_keys)
+        col = tuple(hashable(record[k]) for k in col_keys)
+        groups.setdefault((row, col), []).append(as_number(record[value_column]))
     cells = {key: aggregate(values, agg) for key, values in groups.items()}
     return TableModel(
         row_keys,
         col_keys,
-        sorted({r for r, _ in groups}, key=_order),
-        sorted({c for _, c in groups}, key=_order),
+        sorted({r for r, _ in groups}, key=order_key),
+        sorted({c for _, c in groups}, key=order_key),
         cells,
         value_column,
         agg,
@@ -122,7 +126,7 @@ def build_table(
     )
 
 
-def _number(value: Any) -> float:
+def as_number(value: Any) -> float:
     if isinstance(value, bool) or value is None:
         return math.nan
     try:
@@ -131,7 +135,7 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def _order(key: tuple) -> tuple:
+def order_key(key: tuple) -> tuple:
     """Numbers numerically, then text, then missing values."""
     return tuple(_sort_key(v) for v in key)
 
