@@ -249,3 +249,14 @@ def test_edits_never_reach_a_shell(repo, runs_root):
     assert submit(repo, "--set", f"train.env_name={value}") == 0
     assert committed_config(repo)["train"]["env_name"] == value
     assert not (repo.path / "pwned").exists() and not Path(os.getcwd(), "pwned").exists()
+
+
+def test_a_config_json_that_is_not_utf8_is_refused_in_one_line(make_repo, runs_root, capsys):
+    repo = make_repo()
+    config = (repo.path / "config.json").read_text()
+    (repo.path / "config.json").write_bytes(config.encode("utf-16"))  # json reads it; an editor might write it
+    head = repo.commit(message="utf-16 config")
+    code = submit(repo, "--set", "train.train_seed=2")
+    err = capsys.readouterr().err.strip()
+    assert code == errors.ConfigError.exit_code and "not UTF-8" in err and "\n" not in err, err
+    assert repo.git("rev-parse", "HEAD") == head and repo.git("status", "--porcelain") == ""

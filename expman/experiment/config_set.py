@@ -91,7 +91,12 @@ def _schema(repo: git.Repo, commit: str) -> bytes | None:
 
 def _edited(committed: bytes, document: dict[str, Any], assignments: Sequence[Assignment]) -> bytes:
     bom = b"\xef\xbb\xbf" if committed.startswith(b"\xef\xbb\xbf") else b""
-    text = committed[len(bom) :].decode()
+    try:
+        text = committed[len(bom) :].decode()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{CONFIG_FILE} is not UTF-8, so --set cannot edit it; save it as UTF-8 and commit it"
+        ) from None
     for assignment in assignments:
         text = set_value(text, _resolve(document, assignment), assignment.value)
     return bom + text.encode()
