@@ -85,6 +85,12 @@ class GitError(ExpmanError):
         self.stderr = stderr
 
 
+class IdentityError(ExpmanError):
+    """git has no user name or email, so a commit expman makes for you (submit --set) cannot be made."""
+
+    exit_code = 19
+
+
 # --- execution ------------------------------------------------------------------------
 
 

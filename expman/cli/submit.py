@@ -10,7 +10,8 @@ from pathlib import Path
 from rich.console import Console
 
 from ..backends import BACKENDS, make_backend
-from ..errors import RunCancelledError, RunFailedError
+from ..errors import RunCancelledError, RunFailedError, UsageError
+from ..experiment.config_set import commit_assignments, commit_message, parse_assignment
 from ..experiment.plan import plan_submission
 from ..progress import Reporter
 from ..rundir.record import RunRecord, RunStatus
@@ -33,6 +34,17 @@ def add_parsers(commands: Commands) -> None:
         default=None,
         help="slurm backend: requeue the job when it is preempted or the node fails",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="commit config.json with KEY set to VALUE (JSON, else a string) as 'Set KEY = VALUE', then run that "
+        "commit (repeatable; KEY must exist)",
+    )
+    p.add_argument(
+        "--set-new", action="append", default=[], metavar="KEY=VALUE", help="as --set, for a key config.json lacks"
+    )
     p.add_argument("--detach", action="store_true", help="return once the run has started")
     p.add_argument("--dry-run", action="store_true", help="run every check, print what would run, write nothing")
     add_repo(p)
@@ -44,13 +56,15 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
     environ = dict(os.environ)
     overrides = {k: v for k, v in (("signal", args.signal), ("requeue", args.requeue)) if v is not None}
-    plan = plan_submission(args.repo, args.commit_hash, args.backend, environ, args.host, overrides)
+    reporter = Reporter(error_console())
+    commit = _commit_sets(args, reporter) if args.set or args.set_new else args.commit_hash
+    plan = plan_submission(args.repo, commit, args.backend, environ, args.host, overrides)
     if args.dry_run:
         backend = make_backend(plan.backend, environ)
         backend.check(plan)
         emit_json(describe_plan(plan, backend))
         return 0
-    records = submit(plan, environ, Reporter(error_console()), ["expman", *args.argv], detach=args.detach)
+    records = submit(plan, environ, reporter, ["expman", *args.argv], detach=args.detach)
     for record in records:
         _report(console, record, plan.runs_root / record.run_id, followed=not args.detach and not record.job_id)
     if len(records) > 1:
@@ -66,6 +80,19 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
             f"{len(failed)} of {len(records)} runs failed; first: {first.run_id} ({first.reason}), logs in {where}"
         )
     return 0
+
+
+def _commit_sets(args: argparse.Namespace, reporter: Reporter) -> str:
+    """Commit the --set values and return the new commit, which is what runs."""
+    if args.commit_hash or args.dry_run:
+        option = "--commit-hash" if args.commit_hash else "--dry-run"
+        raise UsageError(
+            f"--set makes a new commit of config.json and runs it, so it cannot go with {option}; drop one of them"
+        )
+    assignments = [parse_assignment(a) for a in args.set] + [parse_assignment(a, may_add=True) for a in args.set_new]
+    commit = commit_assignments(args.repo, assignments)
+    reporter.info(f"committed {commit[:12]} {commit_message(assignments)}")
+    return commit
 
 
 def _report(console: Console, record: RunRecord, where: Path, followed: bool) -> None:

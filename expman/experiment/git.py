@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from ..errors import (
     DirtyTreeError,
     GitError,
+    IdentityError,
     NotARepositoryError,
     NotPushedError,
     UnknownRefError,
@@ -287,6 +288,25 @@ def stream_archive(repo: Path, commit: str, out: BinaryIO) -> None:
             handle.archive(out, commit, format="tar", max_chunk_size=_ARCHIVE_CHUNK_BYTES)
         except GitCommandError as exc:
             raise _git_error(exc) from None
+
+
+def ensure_identity(repo: Repo) -> None:
+    """Refuse before anything changes when git has no name and email to commit with."""
+    for role in ("AUTHOR", "COMMITTER"):
+        try:
+            _git(repo, "var", f"GIT_{role}_IDENT")
+        except GitError as exc:
+            raise IdentityError(
+                f"git has no identity to commit with ({exc.stderr.strip().splitlines()[-1]}); run: "
+                "git config --global user.name 'Your Name' && git config --global user.email you@example.org"
+            ) from None
+
+
+def commit_file(repo: Repo, path: str, message: str) -> str:
+    """Commit the work tree's ``path`` alone, as the user would with ``git commit`` (their
+    identity, hooks and signing settings), and return the new commit's hash."""
+    _git(repo, "commit", "--quiet", "--message", message, "--only", "--", path)
+    return resolve_commit(repo, "HEAD")
 
 
 def _git(repo: Repo, *args: str) -> bytes:
