@@ -83,6 +83,19 @@ class TestQueueContract:
         assert queue.counts() == {"succeeded": 1000}
         assert {j.attempt for j in queue.jobs_of()} == {1}
 
+    def test_gc_deletes_only_finished_jobs_of_a_run(self, queue_url: str) -> None:
+        queue = open_queue(queue_url)
+        queue.add(_jobs(3))
+        claimed = queue.claim("w")
+        assert claimed is not None and claimed.run_id == "r0"
+        queue.cancel(run_id="r1")
+        assert queue.remove_jobs_of("r0") is False  # running
+        assert queue.remove_jobs_of("r2") is False  # pending
+        assert queue.remove_jobs_of("r1") is True  # cancelled: gone
+        assert queue.remove_jobs_of("never") is True
+        assert sorted(job.run_id for job in queue.jobs_of()) == ["r0", "r2"]
+        queue.close()
+
     def test_scheduling_the_same_sweep_twice_adds_nothing(
         self, queue_url: str, make_repo: Any, runs_root: Path
     ) -> None:

@@ -31,6 +31,8 @@ COMMAND_GROUPS = {
     "search": ("search", "lineage"),
     "runs": ("runs", "sync", "cancel"),
     "show": ("show",),
+    "annotate": ("tag", "note"),
+    "gc": ("gc",),
     "logs": ("logs",),
     "table": ("table",),
     "query": ("query",),

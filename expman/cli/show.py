@@ -1,5 +1,5 @@
 """``expman show``: one run as a reader wants it: where and how it ran (only what applies to
-its backend), its effective configuration and its results."""
+its backend), its tags and notes, its effective configuration and its results."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RecordError
 from ..experiment.config import SECTION
 from ..experiment.patterns import compile_patterns
+from ..rundir.annotations import read_annotations
 from ..rundir.layout import RunDir, find_run
 from ..rundir.record import RunRecord
 from .common import Commands, add_offline, add_runs_root, runs_root
 from .runs import duration, records_of, size
+
+# Titled sections of (key, value) rows: notes may share a key (two written in one second).
+Sections = dict[str, list[tuple[str, Any]]]
 
 
 def add_parsers(commands: Commands) -> None:
@@ -53,9 +57,10 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     config = read_config(run.config)
     results, problem = _results(run, config)
     sections = {
-        "": _summary(record, run),
-        "config": flatten_config(config),
-        "results": {**results, **({"problems": problem} if problem else {})},
+        "": list(_summary(record, run).items()),
+        **_annotations(run),
+        "config": list(flatten_config(config).items()),
+        "results": list({**results, **({"problems": problem} if problem else {})}.items()),
     }
     if console.is_terminal:
         console.print(_sections(sections))
@@ -64,24 +69,38 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _plain(sections: dict[str, dict[str, Any]]) -> str:
-    width = max((len(key) for rows in sections.values() for key in rows), default=0)
+def _annotations(run: RunDir) -> Sections:
+    """The tags and notes sections, those the run has (notes keyed by when they were written)."""
+    try:
+        annotations = read_annotations(run)
+    except RecordError as exc:
+        return {"tags": [("problems", exc.message)]}
+    sections: Sections = {}
+    if annotations.tags:
+        sections["tags"] = sorted(annotations.tags.items())
+    if annotations.notes:
+        sections["notes"] = [(str(note.get("at", "")), note.get("text")) for note in annotations.notes]
+    return sections
+
+
+def _plain(sections: Sections) -> str:
+    width = max((len(key) for rows in sections.values() for key, _ in rows), default=0)
     lines = []
     for title, rows in sections.items():
         if title:
             lines += ["", title]
-        lines += [f"{key:<{width}}  {'' if value is None else value}".rstrip() for key, value in rows.items()]
+        lines += [f"{key:<{width}}  {'' if value is None else value}".rstrip() for key, value in rows]
     return "\n".join(lines) + "\n"
 
 
-def _sections(sections: dict[str, dict[str, Any]]) -> Table:
+def _sections(sections: Sections) -> Table:
     """One two-column grid, so that the values of every section line up."""
     table = Table.grid(padding=(0, 2))
     for title, rows in sections.items():
         if title:
             table.add_row("")
             table.add_row(Text(title, style="bold underline"))
-        for key, value in rows.items():
+        for key, value in rows:
             table.add_row(Text(key, style="bold"), Text("" if value is None else str(value)))
     return table
 

@@ -15,8 +15,10 @@ unchanged costs a read, not a new copy). A copy that differs is never repaired i
 fresh one is extracted beside it and the manifest switched to it by one rename, so a run
 sees a whole copy or none. The copy a run uses is held (a shared flock on its directory) by
 the expman process following the run; a replaced copy is deleted only when nobody holds it.
-``__pycache__`` directories Python adds to the copy (running as root it ignores the mode)
-are allowed: their bytecode is checked by Python against the sources checked here.
+``expman gc`` deletes the copies no remaining run links to, none holds and no queued run
+may need (``remove_unused``), under each commit's lock. ``__pycache__`` directories Python
+adds to the copy (running as root it ignores the mode) are allowed: their bytecode is
+checked by Python against the sources checked here.
 """
 
 from __future__ import annotations
@@ -224,18 +226,61 @@ def _entry(top: int, extracted: Extracted) -> Entry:
     )
 
 
-def _remove_unheld(copy: Path) -> None:
+def _remove_unheld(copy: Path, manifest: Path | None = None) -> bool:
+    """Delete ``copy`` unless a run holds it, and first ``manifest`` (when the copy is the
+    current one: a checkout then extracts a fresh copy rather than find this one half gone).
+    Whether it was deleted."""
     try:
         top = os.open(copy, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return
+        return False
     try:
         fcntl.flock(top, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if manifest is not None:
+            manifest.unlink(missing_ok=True)
         remove_tree(copy)
     except OSError:  # a run still uses it, or this file system cannot tell
-        pass
+        return False
     finally:
         os.close(top)
+    return True
+
+
+def remove_unused(runs_root: Path, linked: set[str], pending_commits: set[str]) -> int:
+    """Delete the copies nobody uses any longer (``expman gc``): not held by a run, not
+    ``linked`` (the copy names runs' ``code`` links point at), and not the current copy of a
+    commit in ``pending_commits`` (that runs not yet started will check out). Each commit's
+    copies are looked at under its lock, so none is deleted while it is being made. Returns
+    how many copies went."""
+    store = runs_root / SHARED_CODE_DIR
+    try:
+        names = os.listdir(store)
+    except FileNotFoundError:
+        return 0
+    commits = {name.lstrip(".").partition(".")[0] for name in names}
+    removed = 0
+    for commit in sorted(commits):
+        with _failing_as_launch_error(store, commit), _locked(store, commit):
+            removed += _remove_unused_of(store, commit, linked, commit in pending_commits)
+    return removed
+
+
+def _remove_unused_of(store: Path, commit: str, linked: set[str], pending: bool) -> int:
+    manifest_path = store / f"{commit}.json"
+    try:
+        current: str | None = Manifest.parse(manifest_path.read_bytes()).copy
+    except (OSError, ValueError, KeyError, TypeError):
+        current = None
+    removed = 0
+    for entry in os.scandir(store):
+        if entry.name.startswith(f".{commit}."):  # an interrupted extraction's (none runs: we hold the lock)
+            remove_tree(Path(entry.path))
+        elif entry.name.startswith(f"{commit}.") and entry.is_dir(follow_symlinks=False):
+            if entry.name in linked or (pending and entry.name == current):
+                continue
+            manifest = manifest_path if entry.name == current else None
+            removed += _remove_unheld(Path(entry.path), manifest)
+    return removed
 
 
 def _point(link: Path, target: Path) -> None:

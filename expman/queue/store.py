@@ -485,6 +485,22 @@ class Queue:
 
         return self._run(update)
 
+    def remove_jobs_of(self, run_id: str) -> bool:
+        """Delete the finished jobs of run ``run_id`` (``expman gc`` removes the run); whether
+        it has no job left. A pending or running job stays, and so should the run: a retry or
+        a claim got there first. Rows being changed are waited for and looked at again, so a
+        job is never deleted while it becomes live."""
+        finished = [s for s in JobState if s.is_finished]
+        marks = ", ".join("?" for _ in finished)
+
+        def delete() -> bool:
+            with self._transaction():
+                self._execute(f"DELETE FROM {self.jobs} WHERE run_id = ? AND state IN ({marks})", [run_id, *finished])
+                live = self._execute(f"SELECT 1 FROM {self.jobs} WHERE run_id = ? LIMIT 1", (run_id,)).fetchone()
+            return live is None
+
+        return self._run(delete)
+
     def retry_failed(self, sweep_id: str | None, tries: int) -> list[Job]:
         """Failed jobs go back to pending with ``tries`` more attempts, unless the same key
         was scheduled again meanwhile; a cancel asked of an earlier attempt no longer stands."""
