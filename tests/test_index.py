@@ -229,3 +229,12 @@ def test_the_compiled_signatures_equal_the_python_ones(runs_root):
         assert _signatures.full(base, watched) == index._py_signature(base, watched)
     assert _signatures.full(str(run), "x" * 5000) == "-"
     assert _signatures.quick(str(run) + "/" + "y" * 5000) is None
+
+
+def test_a_run_with_a_bad_parse_pattern_of_its_own_is_flagged_and_the_others_load(runs_root):
+    make_run(runs_root, {"a": 1}, {"acc": 0.5})
+    make_run(runs_root, {"a": 2, "expman": {"parse": {"bad": "(unclosed"}}}, {"acc": 0.7}, stdout="x\n")
+    frame = load_runs(runs_root)
+    assert frame["results.acc"].tolist() == [0.5, 0.7]
+    assert frame["partial"].tolist() == [False, True]
+    assert "config.json" in frame["problems"][1] and "regular expression" in frame["problems"][1]

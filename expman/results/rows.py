@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from ..errors import ConfigError
 from ..experiment.config import SECTION
 from ..experiment.patterns import compile_patterns
 from ..rundir.layout import RunDir
@@ -71,7 +72,15 @@ def run_row(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], 
     row.update({f"search.{name}": search.get(name) for name in SEARCH_FIELDS})
     row.update(_annotations(info.run))
     row.update({f"config.{k}": v for k, v in flatten_config(info.config).items()})
+    problem = None
+    if patterns is None:
+        try:
+            patterns = compile_patterns(run_patterns(info.config))
+        except ConfigError as exc:  # a run made by hand, say: the others still load
+            patterns, problem = {}, f"config.json: {exc.message}"
     row.update(_derived(info, store, patterns, stats, keep, check))
+    if problem:
+        row["partial"], row["problems"] = True, "; ".join(filter(None, [problem, row.get("problems")]))
     return row
 
 
@@ -92,8 +101,6 @@ def _annotations(run: RunDir) -> dict[str, Any]:
 def _derived(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], keep: str, check: bool) -> dict:
     """Results, parsed stdout and scalar summaries: the expensive part, cached per run."""
     run = info.run
-    if patterns is None:
-        patterns = compile_patterns(run_patterns(info.config))
     files = event_files(run.output) if stats else []
     if not store.enabled:
         return _compute_derived(info, store, patterns, files, stats, keep, check)
