@@ -11,9 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import ConfigError, RecordError
-from ..experiment.config import SECTION
-from ..experiment.patterns import compile_patterns
+from ..errors import RecordError
 from ..rundir.annotations import read_annotations
 from ..rundir.layout import RunDir, find_run
 from ..rundir.record import RunRecord
@@ -55,7 +53,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     )
 
     config = read_config(run.config)
-    results, problem = _results(run, config)
+    results, problem = _results(run)
     sections = {
         "": list(_summary(record, run).items()),
         **_annotations(run),
@@ -105,22 +103,19 @@ def _sections(sections: Sections) -> Table:
     return table
 
 
-def _results(run: RunDir, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """results.json flattened, and the metrics its "parse" patterns find in stdout (results.json
-    wins where both have a key), as ``expman table`` reads them."""
-    from ..results.flatten import read_results
-    from ..results.stdout import extract
+def _results(run: RunDir) -> tuple[dict[str, Any], str | None]:
+    """The run's row in the runs index (refreshed for this run): results.json flattened, the
+    metrics its "parse" patterns find in stdout (results.json wins where both have a key),
+    and the last value of each scalar, as ``expman table`` reads them."""
+    from ..results.index import RunsIndex
 
-    results = read_results(run.output / "results.json")
-    section = config.get(SECTION)
-    patterns = section.get("parse") if isinstance(section, dict) else None
-    parsed: dict[str, Any] = {}
-    if isinstance(patterns, dict) and run.stdout_log.exists():
-        try:
-            parsed = extract(run.stdout_log.read_text(errors="replace"), compile_patterns(patterns))
-        except ConfigError as exc:
-            return results.values, exc.message
-    return {**parsed, **results.values}, results.problem
+    with RunsIndex(run.path.parent) as index:
+        index.refresh(only=[run.run_id])
+        columns, rows = index.select("run_id = ?", [run.run_id])
+    row = dict(zip(columns, rows[0], strict=True)) if rows else {}
+    results = {k[8:]: v for k, v in row.items() if k.startswith("results.")}
+    results.update({k: v for k, v in row.items() if k.startswith("tb:") and k.endswith(":last")})
+    return results, row.get("problems")
 
 
 def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:

@@ -105,11 +105,12 @@ class RunsIndex:
 
     # -- refreshing -------------------------------------------------------------------------
 
-    def refresh(self, full: bool = True, progress: Progress | None = None) -> int:
+    def refresh(self, full: bool = True, progress: Progress | None = None, only: Sequence[str] | None = None) -> int:
         """Brings the index up to date with the run directories; returns how many runs were
-        reread or dropped. ``full=False`` looks only at records (enough for a listing)."""
-        known = self._known()
-        names = _run_names(self.root)
+        reread or dropped. ``full=False`` looks only at records (enough for a listing);
+        ``only`` looks only at those runs."""
+        known = self._known(None if only is None else list(only))
+        names = _run_names(self.root) if only is None else {n for n in only if os.path.isdir(f"{self.root}/{n}")}
         stale = self._changed(names, known, full)
         gone = [n for n in known if n not in names]
         if not stale and not gone:
