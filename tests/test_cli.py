@@ -268,3 +268,21 @@ def test_errors_to_a_pipe_ignore_columns(three_runs):
     )
     assert proc.returncode == errors.UsageError.exit_code
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+def test_tags_are_in_runs_in_sql_and_in_where(three_runs, capsys):
+    _, runs = three_runs
+    assert main(["tag", runs[1].name, "paper=fig2", "stage=final"]) == 0
+    assert main(["note", runs[1].name, "the good one"]) == 0
+    capsys.readouterr()
+    assert main(["runs", "--offline", "--limit", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if runs[1].name in line]
+    assert len(lines) == 1 and "paper=fig2 stage=final" in lines[0]
+    assert main(["runs", "--offline", "--format", "json"]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed[runs[1].name]["tags"] == {"paper": "fig2", "stage": "final"} and "tags" not in listed[runs[0].name]
+    sql = "SELECT run_id, notes FROM runs WHERE \"tag.paper\" = 'fig2'"
+    assert main(["query", sql, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"run_id": runs[1].name, "notes": "the good one"}]
+    assert main(["runs", "--offline", "--where", "tag.stage=final", "--format", "json"]) == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)] == [runs[1].name]

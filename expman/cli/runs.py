@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -36,8 +37,8 @@ _STATUS_STYLE = {
     RunStatus.CANCELLED: "magenta",
     RunStatus.LOST: "red",
 }
-_COLUMNS = ("id", "status", "commit", "subject", "backend", "host", "started", "duration")
-_GIVE_WAY = ("host", "backend", "duration")
+_COLUMNS = ("id", "status", "commit", "subject", "tags", "backend", "host", "started", "duration")
+_GIVE_WAY = ("tags", "host", "backend", "duration")
 _SUBJECT_MIN_WIDTH = 24
 _TABLE_LINES = 6  # header (3 lines), bottom, the note on more runs, the shell's prompt
 
@@ -97,12 +98,13 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
         params += ids
     with RunsIndex(root) as index:
         index.refresh(full=False)
-        texts, total = index.records(where, params, limit or None)
-    records = _live([RunRecord.from_dict(orjson.loads(text)) for text in texts], root, args.offline)
+        found, total = index.records(where, params, limit or None)
+    records = _live([RunRecord.from_dict(orjson.loads(text)) for text, _ in found], root, args.offline)
+    tags = [t for _, t in found]
     if args.format == "json":
-        emit_json([r.to_dict() for r in records])
+        emit_json([{**r.to_dict(), **({"tags": t} if t else {})} for r, t in zip(records, tags, strict=True)])
         return 0
-    console.print(_runs_table(records, console.width))
+    console.print(_runs_table(records, tags, console.width))
     if len(records) < total:
         console.print(f"… and {total - len(records)} more; --limit N shows N, --limit 0 all", markup=False)
     return 0
@@ -134,13 +136,15 @@ def _screenful(console: Console) -> int:
     return max(console.height - _TABLE_LINES, 5) if console.is_terminal else 0
 
 
-def _runs_table(records: list[RunRecord], width: int) -> Table:
-    """The runs, one per line. Where the console is narrow, host, backend and duration give
-    way, in that order, so that the subject keeps room to be read."""
-    rows = [_run_row(r) for r in records]
-    names = list(_COLUMNS)
+def _runs_table(records: list[RunRecord], tags: list[dict[str, Any]], width: int) -> Table:
+    """The runs, one per line. Where the console is narrow, tags, host, backend and duration
+    give way, in that order, so that the subject keeps room to be read."""
+    rows = [
+        {**_run_row(r), "tags": " ".join(f"{k}={v}" for k, v in t.items())} for r, t in zip(records, tags, strict=True)
+    ]
+    names = [n for n in _COLUMNS if n != "tags" or any(tags)]
     widths = {name: max([len(name), *(len(row[name]) for row in rows)]) for name in names}
-    for name in _GIVE_WAY:
+    for name in [n for n in _GIVE_WAY if n in names]:
         if width - _taken(names, widths) >= _SUBJECT_MIN_WIDTH:
             break
         names.remove(name)
@@ -152,6 +156,10 @@ def _runs_table(records: list[RunRecord], width: int) -> Table:
         style = _STATUS_STYLE.get(record.status, "")
         table.add_row(*(Text(row[n], style=style if n == "status" else "") for n in names))
     return table
+
+
+def _tags(tags: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in tags.items())
 
 
 def _taken(names: list[str], widths: dict[str, int]) -> int:

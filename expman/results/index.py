@@ -310,15 +310,22 @@ class RunsIndex:
             out.append(values)
         return keys, out
 
-    def records(self, where: str = "", params: Sequence[Any] = (), limit: int | None = None) -> tuple[list[bytes], int]:
-        """run.json of the runs matching ``where`` (newest first, at most ``limit``), and how
-        many match in all."""
+    def records(
+        self, where: str = "", params: Sequence[Any] = (), limit: int | None = None
+    ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
+        """run.json and the tags of each run matching ``where`` (newest first, at most
+        ``limit``), and how many match in all."""
         condition = f"WHERE {where}" if where else ""
         (total,) = self.db.execute(f"SELECT count(*) FROM runs {condition}", list(params)).fetchone()
-        sql = f"SELECT f.record FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id DESC"
+        tags = [k for k in self._columns if k.startswith("tag.")]
+        columns = "".join(f", {quote(self._columns[k])}" for k in tags)
+        sql = f"SELECT f.record{columns} FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [r for (r,) in self.db.execute(sql, list(params))], total
+        return [
+            (row[0], {k[4:]: v for k, v in zip(tags, row[1:], strict=True) if v is not None})
+            for row in self.db.execute(sql, list(params))
+        ], total
 
 
 def runs_condition(statuses: set[str], commit: str | None, branch: str | None) -> tuple[str, list[Any]]:
