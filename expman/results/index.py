@@ -310,6 +310,16 @@ class RunsIndex:
             out.append(values)
         return keys, out
 
+    def event_files(self, where: str = "", params: Sequence[Any] = ()) -> list[tuple[str, list[str]]]:
+        """Each run matching ``where`` (oldest first) with its event files, relative to the
+        run, as the last refresh found them."""
+        condition = f"WHERE {where}" if where else ""
+        sql = f"SELECT run_id, f.watched FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id"
+        return [
+            (run_id, [p for p in watched.split("\n") if _EVENT_FILE_MARKER in p.rpartition("/")[2]])
+            for run_id, watched in self.db.execute(sql, list(params))
+        ]
+
     def records(
         self, where: str = "", params: Sequence[Any] = (), limit: int | None = None
     ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:

@@ -21,14 +21,14 @@ import pandas as pd
 
 from ..errors import UsageError
 from ..experiment.patterns import compile_patterns
-from ..rundir.layout import list_runs
+from ..rundir.layout import RunDir, list_runs
 from .cache import Cache, CachedScalars
 from .filters import Condition, parse_conditions
 from .flatten import read_config, read_json
 from .index import RunsIndex, runs_condition
 from .options import DEFAULT_STATS, KEEP_MODES
 from .rows import RunInfo, columns_of, run_row, scalar_source
-from .scalars import event_files, match_keys, read_run_scalars
+from .scalars import event_files, match_keys, order_event_files, read_run_scalars
 
 Progress = Callable[[int, int], None]
 
@@ -119,6 +119,23 @@ def _indexed_frame(
     return pd.DataFrame(rows, columns=columns or columns_of([]))
 
 
+def _runs_with_event_files(
+    root: Path, statuses: set[str], commit: str | None, branch: str | None
+) -> list[tuple[RunInfo, list[Path]]]:
+    """The selected runs (oldest first) and their event files, from the runs index: no run
+    directory is read or walked to find them."""
+    if not root.is_dir():
+        raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
+    with RunsIndex(root) as index:
+        index.refresh()
+        found = index.event_files(*runs_condition(statuses, commit, branch))
+    runs = []
+    for run_id, relative in found:
+        run = RunDir(root / run_id)
+        runs.append((RunInfo(run, {}, {}), order_event_files([run.path / p for p in relative])))
+    return runs
+
+
 def _check_keep(keep: str) -> None:
     if keep not in KEEP_MODES:
         raise UsageError(f"keep={keep!r}: use 'last' (latest write per step) or 'all' (every write)")
@@ -142,18 +159,18 @@ def load_scalars(
     runs root's cache is neither read nor written; parsed runs wait in a private temporary
     directory instead of memory, so peak memory stays near the result's size."""
     _check_keep(keep)
-    runs = select_runs(root, status, commit, branch)
+    runs = _runs_with_event_files(Path(root).expanduser(), _statuses(status), commit, branch)
     if run_ids is not None:
         wanted = set(run_ids)
-        runs = [info for info in runs if info.run_id in wanted]
+        runs = [(info, files) for info, files in runs if info.run_id in wanted]
     with contextlib.ExitStack() as stack:
         if cache:
             store = Cache(Path(root).expanduser())
         else:  # parsed runs go to a private scratch cache, not memory, until the total is known
             store = Cache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="expman-scalars-"))))
         sources = []
-        for done, info in enumerate(runs, 1):
-            sources.append((info, scalar_source(info, store, keep, check_crc, in_memory=False)))
+        for done, (info, files) in enumerate(runs, 1):
+            sources.append((info, scalar_source(info, store, keep, check_crc, files, in_memory=False)))
             if progress:
                 progress(done, len(runs))
         return _long_frame(sources, tags, keep, check_crc)

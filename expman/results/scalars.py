@@ -50,7 +50,12 @@ def event_files(output: Path) -> list[Path]:
     for directory, dirs, files in os.walk(output):
         dirs.sort()
         found.extend(Path(directory, name) for name in files if EVENT_FILE_MARKER in name)
-    return sorted(found, key=lambda p: (str(p.parent), _name_time(p.name), p.name))
+    return order_event_files(found)
+
+
+def order_event_files(files: list[Path]) -> list[Path]:
+    """By directory, then by the time in their name: the order their points are read in."""
+    return sorted(files, key=lambda p: (str(p.parent), _name_time(p.name), p.name))
 
 
 def _name_time(name: str) -> float:
