@@ -18,11 +18,11 @@ from rich.console import Console
 
 from .. import __version__
 from ..errors import ExpmanError, RunCancelledError, UsageError
-from . import completion, logs, queue, runs, search, show, submit, table
+from . import compare, completion, logs, queue, runs, search, show, submit, table
 from .common import error_console
 
 _PIPE_WIDTH = 200
-COMMAND_GROUPS = (submit, queue, search, runs, show, logs, table, completion)
+COMMAND_GROUPS = (submit, queue, search, runs, show, logs, table, compare, completion)
 
 
 class _Parser(argparse.ArgumentParser):
