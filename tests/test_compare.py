@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from expman.rundir import lifecycle
 from expman.rundir.layout import RunDir
 from expman.rundir.record import GitInfo, ImageInfo, RunStatus
 
-from .conftest import only_run, read_record, run_dirs
+from .conftest import DOCKERFILE, only_run, read_record, run_dirs
 from .helpers import minimal_record, submit
 from .results_helpers import scalars, write_events
 
@@ -164,6 +165,8 @@ def test_a_run_seeded_differently_each_time_names_every_differing_key(make_repo,
 
 def test_a_rerun_whose_image_is_gone_rebuilds_it_and_notes_the_new_id(docker_client, make_repo, runs_root, capsys):
     repo = experiment(make_repo)
+    # an image of this test's own, so that removing it takes no other test's image away
+    repo.commit({"Dockerfile": f"{DOCKERFILE}RUN echo {uuid.uuid4()} > /rerun-marker\n"}, "an image of its own")
     assert submit(repo.path, "--backend", "local") == 0
     original = only_run(runs_root)
     old_image = read_record(original)["image"]["image_id"]
