@@ -150,9 +150,12 @@ def _arrays_close(a: np.ndarray, b: np.ndarray, rtol: float) -> bool:
 def _first_change(a: np.ndarray, b: np.ndarray) -> str:
     if a.shape != b.shape:
         return f"{len(a)} values -> {len(b)} values"
-    index = int(np.flatnonzero(~((a == b) | (np.isnan(a) & np.isnan(b))))[0])
-    count = int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
-    return f"{count} of {len(a)} values differ; first at index {index}: {a[index]!r} -> {b[index]!r}"
+    differs = ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    index = int(np.flatnonzero(differs)[0])
+    return (
+        f"{int(np.count_nonzero(differs))} of {len(a)} values differ; "
+        f"first at index {index}: {float(a[index])!r} -> {float(b[index])!r}"
+    )
 
 
 def compare_scalars(a: Path, b: Path, rtol: float) -> list[Entry]:
