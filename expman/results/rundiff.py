@@ -48,7 +48,8 @@ def diff_runs(a: RunDir, b: RunDir, rtol: float = 0.0, logs: bool = False) -> Ru
 
 def shown(value: Any, cut: bool = True) -> str:
     """A value as a reader writes it: JSON's true/false/null, floats in their shortest form;
-    with ``cut``, a digest by its first 12 digits and a long value (a list) shortened."""
+    with ``cut``, a digest by its first 12 digits and a long value shortened (a long list
+    always: the line's detail names where it differs)."""
     if isinstance(value, str):
         text = value
     elif isinstance(value, float):
@@ -57,7 +58,8 @@ def shown(value: Any, cut: bool = True) -> str:
         text = json.dumps(value, separators=(",", ":"))
     if cut and text.startswith(DIGEST_PREFIX):
         return text[: len(DIGEST_PREFIX) + SHORT_DIGEST]
-    return text[: MAX_SHOWN_CHARS - 3] + "..." if cut and len(text) > MAX_SHOWN_CHARS else text
+    long = len(text) > MAX_SHOWN_CHARS and (cut or isinstance(value, list))  # a list's detail says what differs
+    return text[: MAX_SHOWN_CHARS - 3] + "..." if long else text
 
 
 def delta_text(delta: float | None) -> str:
