@@ -112,6 +112,10 @@ class Backend(abc.ABC):
     def check(self, plan: Plan) -> None:  # noqa: B027 - an optional hook
         """Validate that this backend can run ``plan``; must not write anything."""
 
+    def check_record(self, record: RunRecord) -> None:  # noqa: B027 - an optional hook
+        """Validate that this backend can run again what ``record`` ran (``expman rerun``, which
+        has no plan); must not write anything."""
+
     def describe(self, plan: Plan) -> dict[str, Any]:
         """What would run, for --dry-run."""
         return {"command": list(plan.config.settings.command)}

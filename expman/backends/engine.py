@@ -55,6 +55,23 @@ def engine_version(client: docker.DockerClient) -> str:
     return str(client.version().get("Version", "unknown"))
 
 
+def image_exists(client: docker.DockerClient, image_id: str) -> bool:
+    import requests
+
+    from .docker_sdk import docker
+
+    try:
+        client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        return False
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise DockerUnavailableError(
+            f"cannot ask the Docker engine for image {image_id} ({reason}); is dockerd up?"
+        ) from None
+    return True
+
+
 def dockerfile_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 

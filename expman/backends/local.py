@@ -93,6 +93,10 @@ class LocalBackend(Backend):
             )
         self.client  # noqa: B018 - connecting is the check
 
+    def check_record(self, record: RunRecord) -> None:
+        require_dockerfile(record, self.name)
+        self.client  # noqa: B018 - connecting is the check
+
     def describe(self, plan: Plan) -> dict[str, Any]:
         return {
             **super().describe(plan),
@@ -101,14 +105,25 @@ class LocalBackend(Backend):
         }
 
     def prepare(self, run: RunDir, record: RunRecord, reporter: Reporter) -> None:
+        """Build the image from the run's archive; a rerun runs on its original's image, by
+        id, while the engine still has it (else it is rebuilt, and the new id noted)."""
         require_dockerfile(record, self.name)
         tag, dockerfile = record.image.image_tag or "", record.image.dockerfile or "Dockerfile"
         record.image.engine_version = engine.engine_version(self.client)
+        pinned = record.image.image_id if record.rerun_of else None
+        if pinned and engine.image_exists(self.client, pinned):
+            reporter.info(f"image {pinned[:19]} ({tag}), as recorded")
+            return
         with reporter.activity(f"building image {tag}") as step:
             record.image.image_id = engine.build_image(
                 self.client, run.code_tar, dockerfile, tag, run.build_log, self.redactor, on_step=step
             )
         reporter.info(f"image {record.image.image_id[:19]} ({tag})")
+        if pinned and pinned != record.image.image_id:
+            record.warnings.append(
+                f"the recorded image {pinned} is gone; "
+                f"rebuilt from the archived {dockerfile} as {record.image.image_id}"
+            )
 
     def start(self, run: RunDir, record: RunRecord, sink: LogSink) -> Execution:
         user = f"{record.submitter.uid}:{record.submitter.gid}"

@@ -33,6 +33,7 @@ COMMAND_GROUPS = {
     "show": ("show",),
     "annotate": ("tag", "note"),
     "gc": ("gc",),
+    "compare": ("rerun", "diff"),
     "logs": ("logs",),
     "table": ("table",),
     "query": ("query",),

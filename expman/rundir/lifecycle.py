@@ -215,6 +215,15 @@ def requeue(run: RunDir, reason: str) -> RunRecord:
     return record
 
 
+def note_reproduction(run: RunDir, reproduction: dict[str, Any]) -> RunRecord:
+    """How a rerun compared with the run it repeats (``expman rerun``), once it has ended."""
+    with record_lock(run):
+        record = load_record(run)
+        record.reproduction = reproduction
+        write_locked(run, record)
+    return record
+
+
 class Recorder:
     """Writes one run's record as the execution flow changes it."""
 

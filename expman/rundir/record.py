@@ -110,6 +110,10 @@ class RunRecord:
     sweep: dict[str, Any] | None = None
     queue: dict[str, Any] | None = None
     search: dict[str, Any] | None = None  # a point of a search: study, trial, params (segment, generation, parent)
+    # A rerun (``expman rerun``): the run it repeats, and how its outcome compared with that
+    # run's (verdict, differences, notes), once compared.
+    rerun_of: str | None = None
+    reproduction: dict[str, Any] | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     # Checkpoints: the configured paths, interval and size limit; the snapshot this attempt
     # started from (None: a fresh start); the newest snapshot taken.

@@ -177,7 +177,7 @@ def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> R
         resources=dataclasses.asdict(plan.config.settings.resources),
         backend=plan.backend,
         ssh_host=plan.host.name if plan.host is not None else None,
-        submitter=_submitter(redactor.argv(argv)),
+        submitter=submitter_of(redactor.argv(argv)),
         host_facts=host_facts(),
         environment=redactor.environment(backend.environ),
         queued_at=clock().isoformat(),
@@ -190,7 +190,8 @@ def new_record(plan: Plan, backend: Backend, argv: list[str], clock: Clock) -> R
     )
 
 
-def _submitter(argv: list[str]) -> Submitter:
+def submitter_of(argv: list[str]) -> Submitter:
+    """Who submits, with what, by which command line (redacted)."""
     return Submitter(
         user=_user_name(),
         uid=os.getuid(),

@@ -47,6 +47,14 @@ def submit(
     backend = make_backend(plan.backend, environ)
     backend.check(plan)
     runs = create_runs(plan, backend, argv, clock, reporter)
+    return execute_runs(backend, runs, reporter, detach, clock)
+
+
+def execute_runs(
+    backend: Backend, runs: list[tuple[RunDir, RunRecord]], reporter: Reporter, detach: bool, clock: Clock
+) -> list[RunRecord]:
+    """Prepare runs just created, then follow them here, detach them, or hand them to the
+    backend's scheduler; the records as they stand when this returns."""
     _prepare(backend, runs, reporter, clock)
     if backend.hands_off:
         return backend.hand_off(runs, reporter)
