@@ -120,14 +120,15 @@ def _indexed_frame(
 
 
 def _runs_with_event_files(
-    root: Path, statuses: set[str], commit: str | None, branch: str | None
+    root: Path, statuses: set[str], commit: str | None, branch: str | None, refresh: bool
 ) -> list[tuple[RunInfo, list[Path]]]:
     """The selected runs (oldest first) and their event files, from the runs index: no run
     directory is read or walked to find them."""
     if not root.is_dir():
         raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
     with RunsIndex(root) as index:
-        index.refresh()
+        if refresh:
+            index.refresh()
         found = index.event_files(*runs_condition(statuses, commit, branch))
     runs = []
     for run_id, relative in found:
@@ -143,7 +144,7 @@ def _check_keep(keep: str) -> None:
 
 def load_scalars(
     root: Path | str,
-    tags: str = "*",
+    tags: str | Sequence[str] = "*",
     *,
     status: str | Sequence[str] | None = None,
     commit: str | None = None,
@@ -153,13 +154,15 @@ def load_scalars(
     check_crc: bool = True,
     cache: bool = True,
     progress: Progress | None = None,
+    refresh: bool = True,
 ) -> pd.DataFrame:
-    """Every point of the scalars whose key matches the glob ``tags``, as a long frame with
-    columns run_id, tag (categorical), step, wall_time, value. With ``cache=False`` the
-    runs root's cache is neither read nor written; parsed runs wait in a private temporary
-    directory instead of memory, so peak memory stays near the result's size."""
+    """Every point of the scalars whose key matches the glob ``tags`` (or any of several),
+    as a long frame with columns run_id, tag (categorical), step, wall_time, value. With
+    ``cache=False`` the runs root's cache is neither read nor written; parsed runs wait in a
+    private temporary directory instead of memory, so peak memory stays near the result's
+    size. ``refresh=False`` trusts the runs index as the caller's last load left it."""
     _check_keep(keep)
-    runs = _runs_with_event_files(Path(root).expanduser(), _statuses(status), commit, branch)
+    runs = _runs_with_event_files(Path(root).expanduser(), _statuses(status), commit, branch, refresh)
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [(info, files) for info, files in runs if info.run_id in wanted]
@@ -176,14 +179,16 @@ def load_scalars(
         return _long_frame(sources, tags, keep, check_crc)
 
 
-def _long_frame(sources: list, pattern: str, keep: str, check: bool) -> pd.DataFrame:
+def _long_frame(sources: list, patterns: str | Sequence[str], keep: str, check: bool) -> pd.DataFrame:
     """One preallocated array per column, filled run by run, so peak memory stays near the
     size of the result: parsed runs are dropped (or were never held) once copied."""
     tag_names: dict[str, int] = {}
     plan = []
     for info, source in sources:
         offsets = np.concatenate(([0], np.cumsum(source.counts)))
-        matching = set(match_keys(source.keys, pattern))
+        matching = {
+            k for p in ([patterns] if isinstance(patterns, str) else patterns) for k in match_keys(source.keys, p)
+        }
         selected = [i for i, k in enumerate(source.keys) if k in matching]
         ranges = [(int(offsets[i]), int(offsets[i + 1])) for i in selected]
         codes = [tag_names.setdefault(source.keys[i], len(tag_names)) for i in selected]

@@ -78,15 +78,20 @@ def plots(root: Path, frame: pd.DataFrame, values: Sequence[str], seed_keys: Seq
         for value in values[:MAX_PLOTS]:
             points = aggregate_points(frame, x, value, hue, seed_keys)
             figures.append(_figure(points, kind, f"{_short(value)} over {_short(x)}", epoch))
-    for tag in _scalar_tags(frame)[:MAX_CURVES]:
-        figures.append(_curve(root, frame, tag, varying[0] if varying else None, seed_keys, epoch))
+    tags = _scalar_tags(frame)[:MAX_CURVES]
+    if tags:
+        from .loader import load_scalars
+
+        # every curve's points in one pass over the runs; the frame's load refreshed the index
+        scalars = load_scalars(root, tags, run_ids=list(frame["run_id"]), refresh=False)
+        for tag in tags:
+            figures.append(_curve(frame, scalars, tag, varying[0] if varying else None, seed_keys, epoch))
     return "\n".join(figures) or '<p class="note">Nothing to plot: no config key varies and no run has scalars.</p>'
 
 
-def _curve(root: Path, frame: pd.DataFrame, tag: str, hue: str | None, seeds: Sequence[str], epoch: int | None) -> str:
-    from .loader import load_scalars
-
-    scalars = load_scalars(root, tag, run_ids=list(frame["run_id"]))
+def _curve(
+    frame: pd.DataFrame, scalars: pd.DataFrame, tag: str, hue: str | None, seeds: Sequence[str], epoch: int | None
+) -> str:
     points = aggregate_curve(frame, scalars[scalars["tag"] == tag], tag, hue, seeds)
     return _figure(points, "curve", f"{tag} over steps", epoch)
 
