@@ -124,6 +124,15 @@ def test_a_deterministic_run_reruns_as_reproduced_without_its_repository(make_re
     assert (new / "output/train.log").read_text() != (original / "output/train.log").read_text()
     names = [p.name for p in (new / "output/tb").iterdir()], [p.name for p in (original / "output/tb").iterdir()]
     assert names[0] != names[1]
+    # the link and the verdict are columns of the runs view, and lines of show
+    sql = "SELECT run_id, rerun_of, reproduction FROM runs WHERE rerun_of IS NOT NULL"
+    assert main(["query", sql, "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found == [{"run_id": new.name, "rerun_of": original.name, "reproduction": "reproduced"}]
+    assert main(["show", "--offline", new.name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("rerun of") and line.endswith(original.name) for line in lines)
+    assert any(line.startswith("reproduction") and line.endswith("reproduced") for line in lines)
 
 
 def test_a_deterministic_run_reruns_as_reproduced_on_docker(docker_client, make_repo, runs_root, capsys):

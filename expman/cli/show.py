@@ -134,6 +134,8 @@ def _summary(record: RunRecord, run: RunDir) -> dict[str, Any]:
             else {}
         ),
         **({"attempts": len(record.attempts)} if len(record.attempts) > 1 else {}),
+        **({"rerun of": record.rerun_of} if record.rerun_of else {}),
+        **({"reproduction": (record.reproduction or {}).get("verdict", "")} if record.reproduction else {}),
         "queued": record.queued_at,
         "started": record.started_at or "",
         "ended": record.ended_at or "",

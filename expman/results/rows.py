@@ -68,6 +68,8 @@ def run_row(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], 
     row.update({column: git.get(name) for column, name in GIT_FIELDS.items()})
     sweep = info.record.get("sweep") or {}
     row["sweep"] = sweep.get("id")
+    reproduction = info.record.get("reproduction") or {}
+    row["rerun_of"], row["reproduction"] = info.record.get("rerun_of"), reproduction.get("verdict")
     search = info.record.get("search") or {}
     row.update({f"search.{name}": search.get(name) for name in SEARCH_FIELDS})
     row.update(_annotations(info.run))
