@@ -40,7 +40,7 @@ def _truth(root: Path) -> dict[str, dict]:
     """Every run's row as made straight from its files, the way the index reads one."""
     rows = {}
     for run in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
-        _, row = read_run(run)
+        _, row, _ = read_run(run)
         if row is not None:
             rows[run.name] = row
     return rows
@@ -238,3 +238,17 @@ def test_a_run_with_a_bad_parse_pattern_of_its_own_is_flagged_and_the_others_loa
     assert frame["results.acc"].tolist() == [0.5, 0.7]
     assert frame["partial"].tolist() == [False, True]
     assert "config.json" in frame["problems"][1] and "regular expression" in frame["problems"][1]
+
+
+def test_stdout_is_watched_only_for_runs_that_parse_it(runs_root):
+    parsing = make_run(runs_root, {"expman": {"parse": {"acc": "acc=(@float@)"}}}, stdout="acc=0.5\n")
+    plain = make_run(runs_root, {"a": 1}, {"acc": 1.0}, stdout="hello\n")
+    with RunsIndex(runs_root) as index:
+        assert index.refresh() == 2
+        with open(plain / "logs" / "stdout.log", "a") as f:
+            f.write("more output, no metric\n")
+        assert index.refresh() == 0
+        with open(parsing / "logs" / "stdout.log", "a") as f:
+            f.write("acc=0.75\n")
+        assert index.refresh() == 1
+    assert load_runs(runs_root)["results.acc"].tolist() == [0.75, 1.0]

@@ -436,8 +436,18 @@ def _read(root: str, names: list[str]) -> list[tuple]:
         if quick is not None:  # stat before reading: a change made meanwhile shows next time
             watched = _watched(run)
             full = _signature(run, watched)
-            rows.append((name, Seen(quick, full, watched), *read_run(Path(run))))
+            record, row, parses_stdout = read_run(Path(run))
+            if not parses_stdout:  # stdout.log matters only to a run that parses metrics from it
+                watched, full = _without_stdout(watched), _without_stdout(full)
+            rows.append((name, Seen(quick, full, watched), record, row))
     return rows
+
+
+def _without_stdout(joined: str) -> str:
+    """``_watched``'s list, or its signature, less the stdout.log entry (the third)."""
+    separator = "\n" if "\n" in joined else "|"
+    parts = joined.split(separator)
+    return separator.join(parts[:2] + parts[3:])
 
 
 def _run_names(root: Path) -> set[str]:
@@ -466,9 +476,9 @@ def _py_quick_signature(run: str) -> str | None:
 
 def _watched(run: str) -> str:
     """What a full refresh stats besides the quick signature, relative to the run, one per
-    line: config, results, stdout (for metrics parsed from it), every directory under output (a new
-    file changes its directory) and every event file. annotations.json is replaced by rename,
-    which the quick signature sees."""
+    line: config, results, stdout (dropped after reading unless the run parses metrics from
+    it), every directory under output (a new file changes its directory) and every event file.
+    annotations.json is replaced by rename, which the quick signature sees."""
     paths = ["config.json", "output/results.json", "logs/stdout.log"]
     dirs = 0
     for directory, subdirs, files in os.walk(run + "/output"):

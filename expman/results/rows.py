@@ -180,17 +180,18 @@ def run_scalars(info: RunInfo, store: Cache, keep: str, check: bool, files: list
         return read_run_scalars(info.run.output, event_files(info.run.output), keep, check)
 
 
-def read_run(path: Path) -> tuple[bytes | None, dict[str, Any] | None]:
-    """What the runs index keeps of one run: run.json (compact) and its row with the default
-    scalar statistics; (None, None) when run.json cannot be read as a record. The results
+def read_run(path: Path) -> tuple[bytes | None, dict[str, Any] | None, bool]:
+    """What the runs index keeps of one run: run.json (compact), its row with the default
+    scalar statistics, and whether the row depends on stdout.log (the run parses metrics
+    from it); (None, None, False) when run.json cannot be read as a record. The results
     cache is left alone: the index is this row's cache."""
     run = RunDir(path)
     try:
         record = read_json(run.record)
     except (OSError, ValueError):
-        return None, None
+        return None, None, False
     if not isinstance(record, dict):
-        return None, None
+        return None, None, False
     info = RunInfo(run, record, read_config(run.config))
     row = run_row(info, Cache(path.parent, False), None, DEFAULT_STATS, "last", True)
-    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS), row
+    return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS), row, bool(run_patterns(info.config))
