@@ -67,7 +67,7 @@ def _split(values: list[str]) -> list[str]:
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
     # numpy and pandas are loaded only when a table is made, not for every command
     from ..results.export import render, rich_table
-    from ..results.table import build_table
+    from ..results.table import build_table, column_values
 
     root = runs_root(args)
     frame = _load(args, root)
@@ -92,7 +92,7 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
         args.output.write_text(render(model, args.format, args.best, args.caption))
     else:
         sys.stdout.write(render(model, args.format, args.best, args.caption))
-    partial = int(frame["partial"].sum()) if "partial" in frame else 0
+    partial = sum(1 for p in column_values(frame, "partial") if p is True) if "partial" in frame.columns else 0
     if partial:
         Reporter(error_console()).info(
             f"note: {partial} run(s) had damaged files and were read in part; 'expman table --list' names them"
@@ -101,21 +101,29 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
 
 
 def _load(args: argparse.Namespace, root: Path) -> Any:
-    """The runs the table is made of, as a frame."""
-    from ..results.loader import load_runs
+    """The runs the table is made of: from the runs index as plain rows when the options
+    are the index's own (no pandas needed), else as a ``load_runs`` frame."""
+    from ..results.rowset import indexed, load_rowset
 
     named = [args.value or "", *args.where]
     stats = DEFAULT_STATS if args.list or not args.value else scalar_stats_named(named)
+    parse = _parse_patterns(args.parse) or None
+    keep = "all" if args.keep_all_writes else "last"
+    status = args.status or [RunStatus.SUCCEEDED]
     with Reporter(error_console()).bar("loading runs") as progress:
+        if not args.list and indexed(parse, keep, not args.no_crc, not args.no_cache, stats):
+            return load_rowset(root, set(status), args.commit, args.branch, args.where, stats, progress)
+        from ..results.loader import load_runs
+
         return load_runs(
             root,
-            status=args.status or RunStatus.SUCCEEDED,
+            status=status,
             commit=args.commit,
             branch=args.branch,
             where=args.where,
             scalar_stats=stats,
-            parse=_parse_patterns(args.parse) or None,
-            keep="all" if args.keep_all_writes else "last",
+            parse=parse,
+            keep=keep,
             check_crc=not args.no_crc,
             cache=not args.no_cache,
             progress=progress,

@@ -10,16 +10,18 @@ one key matches.
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .scalars import match_keys
 from .stdout import to_number
+
+if TYPE_CHECKING:  # pandas only for the type: tables from the runs index are made without it
+    import pandas as pd
 
 _CONDITION = re.compile(r"(.+?)\s*(!=|<=|>=|=|<|>)\s*(.*)", re.S)
 NAMESPACES = ("config.", "results.")
@@ -74,15 +76,38 @@ class Condition:
     text: str
 
     def mask(self, frame: pd.DataFrame) -> pd.Series:
-        column = frame[resolve_column(list(frame.columns), self.name)]
+        return frame[resolve_column(list(frame.columns), self.name)].map(self.test()).astype(bool)
+
+    def test(self) -> Callable[[Any], bool]:
+        """Whether a cell meets the condition. A comparison needs a number: a cell that is
+        not one (nor text of one) does not meet it."""
         value = to_number(self.text)
         if self.op in ("=", "!="):
-            equal = column.map(lambda cell: _equal(cell, value, self.text))
-            return equal if self.op == "=" else ~equal
+            wanted = self.op == "="
+            return lambda cell: _equal(cell, value, self.text) == wanted
         if isinstance(value, str):
             raise UsageError(f"{self.name}{self.op}{self.text}: {self.op} needs a number")
-        numbers = pd.to_numeric(column, errors="coerce")
-        return {"<": numbers < value, ">": numbers > value, "<=": numbers <= value, ">=": numbers >= value}[self.op]
+        compare = _COMPARE[self.op]
+        return lambda cell: (number := _as_number(cell)) is not None and compare(number, value)
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _as_number(cell: Any) -> float | None:
+    if isinstance(cell, (int, float)):
+        return None if isinstance(cell, float) and math.isnan(cell) else float(cell)
+    if isinstance(cell, str):
+        try:
+            return float(cell)
+        except ValueError:
+            return None
+    return None
 
 
 def _equal(cell: Any, value: Any, text: str) -> bool:
@@ -91,6 +116,11 @@ def _equal(cell: Any, value: Any, text: str) -> bool:
     if isinstance(cell, (int, float)) and not isinstance(value, str):
         return bool(cell == value)
     return str(cell) == text
+
+
+def match_keys(keys: list[str], pattern: str) -> list[str]:
+    """Keys selected by a glob; a pattern without '/' also matches the tag after any directory."""
+    return [k for k in keys if fnmatch.fnmatchcase(k, pattern) or fnmatch.fnmatchcase(k, f"*/{pattern}")]
 
 
 def parse_conditions(items: Iterable[str] | Iterable[Condition]) -> list[Condition]:

@@ -23,12 +23,13 @@ from ..errors import UsageError
 from ..experiment.patterns import compile_patterns
 from ..rundir.layout import RunDir, list_runs
 from .cache import Cache, CachedScalars
-from .filters import Condition, parse_conditions
+from .filters import Condition, match_keys, parse_conditions
 from .flatten import read_config, read_json
 from .index import RunsIndex, runs_condition
 from .options import DEFAULT_STATS, KEEP_MODES
 from .rows import RunInfo, columns_of, run_row, scalar_source
-from .scalars import event_files, match_keys, order_event_files, read_run_scalars
+from .rowset import indexed
+from .scalars import event_files, order_event_files, read_run_scalars
 
 Progress = Callable[[int, int], None]
 
@@ -83,7 +84,7 @@ def load_runs(
     _check_keep(keep)
     conditions = parse_conditions(where) + parse_conditions(f"{k}={v}" for k, v in equals.items())
     stats = tuple(scalar_stats)
-    if parse is None and keep == "last" and check_crc and cache and set(stats) <= set(DEFAULT_STATS):
+    if indexed(parse, keep, check_crc, cache, stats):
         frame = _indexed_frame(Path(root).expanduser(), _statuses(status), commit, branch, stats, progress)
     else:
         runs = select_runs(root, status, commit, branch)

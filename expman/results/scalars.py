@@ -10,7 +10,6 @@ the points are ordered by step; ``keep="all"`` keeps every write in file order.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -160,8 +159,3 @@ def summarize(values: np.ndarray, stat: str) -> float:
     if name == "min":
         return float(np.nanmin(values)) if not np.all(np.isnan(values)) else float("nan")
     return float(np.mean(values[-n:])) if n else float("nan")
-
-
-def match_keys(keys: list[str], pattern: str) -> list[str]:
-    """Keys selected by a glob; a pattern without '/' also matches the tag after any directory."""
-    return [k for k in keys if fnmatch.fnmatchcase(k, pattern) or fnmatch.fnmatchcase(k, f"*/{pattern}")]

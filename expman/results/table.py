@@ -13,14 +13,16 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .filters import resolve_column
 from .options import AGGREGATES, DEFAULT_SEED_KEYS
+from .rowset import RowSet
+
+if TYPE_CHECKING:  # a frame's type only: a RowSet makes a table without importing pandas
+    import pandas as pd
+
 
 _ALIASES = {"mean+-std": "mean±std", "mean+-sem": "mean±sem", "mean_std": "mean±std", "mean_sem": "mean±sem"}
 
@@ -54,23 +56,39 @@ def normalize_agg(agg: str) -> str:
     return agg
 
 
-def default_value(frame: pd.DataFrame) -> str:
+def column_values(frame: pd.DataFrame | RowSet, column: str) -> list[Any]:
+    return frame.values(column) if isinstance(frame, RowSet) else frame[column].tolist()
+
+
+def default_value(frame: pd.DataFrame | RowSet) -> str:
     """The first numeric results column (results.json order), else the first scalar summary."""
     for prefix in ("results.", "tb:"):
         for column in frame.columns:
-            if column.startswith(prefix) and is_numeric(frame[column]):
+            if column.startswith(prefix) and is_numeric(column_values(frame, column)):
                 return column
     raise UsageError("the selected runs have no numeric results; name one with --value (see --list)")
 
 
-def is_numeric(series: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        return bool(series.notna().any())
-    values = series.dropna()
-    return bool(len(values)) and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+def is_numeric(values: Any) -> bool:
+    """Whether the values (a list, or a frame's column) hold a number and nothing but numbers,
+    leaving out missing ones; bools are not numbers here."""
+    dtype = getattr(values, "dtype", None)
+    if dtype is not None and dtype.kind in "iuf":
+        return bool(values.notna().any())
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return bool(present) and all(_number_like(v) for v in present)
 
 
-def grouping_keys(frame: pd.DataFrame, named: Sequence[str], seed_keys: Sequence[str], pool: Sequence[str]) -> list:
+def _number_like(value: Any) -> bool:
+    """int and float, numpy's numbers too (their module names them), never a bool."""
+    if type(value).__name__ in ("bool", "bool_"):
+        return False
+    return isinstance(value, (int, float)) or type(value).__module__ == "numpy"
+
+
+def grouping_keys(
+    frame: pd.DataFrame | RowSet, named: Sequence[str], seed_keys: Sequence[str], pool: Sequence[str]
+) -> list:
     """Config columns that vary among the runs, other than seeds, pooled and named keys."""
     keys = []
     for column in frame.columns:
@@ -81,7 +99,7 @@ def grouping_keys(frame: pd.DataFrame, named: Sequence[str], seed_keys: Sequence
             continue
         if column in named or column in pool:
             continue
-        if frame[column].map(hashable).nunique(dropna=False) > 1:
+        if len({hashable(v) for v in column_values(frame, column)}) > 1:
             keys.append(column)
     return keys
 
@@ -91,7 +109,7 @@ def hashable(value: Any) -> Any:
 
 
 def build_table(
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | RowSet,
     rows: Sequence[str] = (),
     cols: Sequence[str] = (),
     value: str | None = None,
@@ -108,11 +126,12 @@ def build_table(
     row_keys += grouping_keys(frame, row_keys + col_keys, seed_keys, pooled)
     groups: dict[tuple[tuple, tuple], list[float]] = {}
     # only the columns a cell needs: a frame of every column per record is slow at 10,000 runs
-    used = list(dict.fromkeys([*row_keys, *col_keys, value_column]))
-    for record in frame[used].to_dict("records"):
-        row = tuple(hashable(record[k]) for k in row_keys)
-        col = tuple(hashable(record[k]) for k in col_keys)
-        groups.setdefault((row, col), []).append(as_number(record[value_column]))
+    rows_of = zip(*(column_values(frame, k) for k in row_keys), strict=True) if row_keys else None
+    cols_of = zip(*(column_values(frame, k) for k in col_keys), strict=True) if col_keys else None
+    for value_of in column_values(frame, value_column):
+        row = tuple(map(hashable, next(rows_of))) if rows_of else ()
+        col = tuple(map(hashable, next(cols_of))) if cols_of else ()
+        groups.setdefault((row, col), []).append(as_number(value_of))
     cells = {key: aggregate(values, agg) for key, values in groups.items()}
     return TableModel(
         row_keys,
@@ -147,6 +166,8 @@ def _sort_key(v: Any) -> tuple:
 
 def aggregate(values: list[float], agg: str) -> Cell:
     """One cell from the values of its runs (NaN, missing results, left out of n)."""
+    import numpy as np  # here: a table of few cells need not wait for it
+
     present = np.array([v for v in values if not math.isnan(v)], dtype=np.float64)
     n = len(present)
     if agg == "count":
