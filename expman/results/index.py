@@ -31,9 +31,8 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -64,9 +63,9 @@ _KEPT = {*ALWAYS, "partial", "problems"}
 Progress = Callable[[int, int], None]
 
 
-@dataclass(frozen=True)
-class Seen:
-    """What a refresh saw of one run before reading it: the signatures to compare and set."""
+class Seen(NamedTuple):
+    """What a refresh saw of one run before reading it: the signatures to compare and set
+    (a tuple, so that the index's own rows compare equal to it without being made into one)."""
 
     quick: str
     full: str
@@ -134,12 +133,12 @@ class RunsIndex:
         """What the index saw of every run, or of the runs ``names``."""
         sql = "SELECT run_id, quick, full, watched FROM files"
         if names is None:
-            return {r: Seen(q, f, w) for r, q, f, w in self.db.execute(sql)}
-        known = {}
+            return {row[0]: row[1:] for row in self.db.execute(sql)}
+        known: dict[str, Seen] = {}
         for start in range(0, len(names), 500):  # SQLite's limit on parameters is well above this
             part = names[start : start + 500]
             rows = self.db.execute(f"{sql} WHERE run_id IN ({', '.join('?' * len(part))})", part)
-            known.update({r: Seen(q, f, w) for r, q, f, w in rows})
+            known.update({row[0]: row[1:] for row in rows})
         return known
 
     def _changed(self, names: Iterable[str], known: dict[str, Seen], full: bool) -> list[str]:
@@ -148,14 +147,9 @@ class RunsIndex:
         changed = []
         prefix = f"{self.root}/"
         for name in names:
-            seen = known.get(name)
+            seen = known.get(name)  # the index's row as it is: a plain tuple, by position
             base = prefix + name
-            if (
-                seen is None
-                or _quick_signature(base) != seen.quick
-                or full
-                and _signature(base, seen.watched) != seen.full
-            ):
+            if seen is None or _quick_signature(base) != seen[0] or full and _signature(base, seen[2]) != seen[1]:
                 changed.append(name)
         return changed
 
