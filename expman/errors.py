@@ -179,6 +179,12 @@ class RecordError(ExpmanError):
     exit_code = 32
 
 
+class RunsIndexError(ExpmanError):
+    """The runs index (a cache of every run's row) could not be read or written."""
+
+    exit_code = 35
+
+
 class DiskFullError(RecordError):
     """The filesystem of the runs root is full (or the user's quota is used up)."""
 

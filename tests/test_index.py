@@ -252,3 +252,58 @@ def test_stdout_is_watched_only_for_runs_that_parse_it(runs_root):
             f.write("acc=0.75\n")
         assert index.refresh() == 1
     assert load_runs(runs_root)["results.acc"].tolist() == [0.75, 1.0]
+
+
+def _refresh_slowly(root: str) -> None:
+    with RunsIndex(Path(root)) as index:
+        index.refresh()
+
+
+def test_a_refresher_killed_at_any_moment_leaves_an_index_the_next_one_completes(runs_root):
+    _sweep(runs_root, 600)
+    ctx = multiprocessing.get_context("fork")
+    killed = 0
+    for delay in (0.01, 0.05, 0.1, 0.2, 0.4):
+        shutil.rmtree(runs_root / INDEX_DIR, ignore_errors=True)
+        child = ctx.Process(target=_refresh_slowly, args=(str(runs_root),))
+        child.start()
+        child.join(delay)
+        if child.is_alive():
+            os.kill(child.pid, 9)
+            killed += 1
+        child.join()
+        _same(_truth(runs_root), _indexed(runs_root))
+    assert killed >= 2
+
+
+def test_a_run_whose_run_json_went_away_leaves_the_index(runs_root):
+    runs = _sweep(runs_root, 3)
+    assert len(_indexed(runs_root)) == 3
+    (runs[1] / "run.json").unlink()  # as gc leaves it for a moment, or a hand
+    assert set(_indexed(runs_root)) == {runs[0].name, runs[2].name}
+
+
+def test_an_index_that_cannot_be_written_is_one_line(runs_root, capsys):
+    _sweep(runs_root, 2)
+    assert main(["query", "SELECT count(*) FROM runs"]) == 0
+    make_run(runs_root, {"a": 3}, {"acc": 1})
+    (index_file,) = (runs_root / INDEX_DIR).glob("*.sqlite")
+    blocker = RunsIndex(runs_root)
+    blocker.db.execute("BEGIN IMMEDIATE")  # holds the write lock, as a stopped refresher would
+    try:
+        import expman.results.index as index_module
+
+        real = index_module._BUSY_TIMEOUT_MS
+        index_module._BUSY_TIMEOUT_MS = 100
+        try:
+            capsys.readouterr()
+            assert main(["query", "SELECT count(*) FROM runs"]) == 35
+        finally:
+            index_module._BUSY_TIMEOUT_MS = real
+    finally:
+        blocker.db.execute("ROLLBACK")
+        blocker.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "database is locked" in err and str(index_file) in err.replace("\n", "")
+    assert main(["query", "SELECT count(*) AS n FROM runs", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 3}]

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from ..errors import UsageError
+from ..errors import RunsIndexError, UsageError
 
 FORMAT = 1
 INDEX_DIR = ".expman-index"
@@ -88,10 +88,11 @@ class RunsIndex:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = _index_path(root)
-        self.db = _connect(self.path)
-        self._columns: dict[str, str] = {}
-        self._flags: dict[str, int] = {}
-        self._load_columns()
+        with _errors(self.path):
+            self.db = _connect(self.path)
+            self._columns: dict[str, str] = {}
+            self._flags: dict[str, int] = {}
+            self._load_columns()
 
     def __enter__(self) -> RunsIndex:
         return self
@@ -108,6 +109,10 @@ class RunsIndex:
         """Brings the index up to date with the run directories; returns how many runs were
         reread or dropped. ``full=False`` looks only at records (enough for a listing);
         ``only`` looks only at those runs."""
+        with _errors(self.path):
+            return self._refresh(full, progress, only)
+
+    def _refresh(self, full: bool, progress: Progress | None, only: Sequence[str] | None) -> int:
         known = self._known(None if only is None else list(only))
         names = _run_names(self.root) if only is None else {n for n in only if os.path.isdir(f"{self.root}/{n}")}
         stale = self._changed(names, known, full)
@@ -117,7 +122,9 @@ class RunsIndex:
         with self._refresh_lock():
             known = self._known()
             stale = self._changed(stale, known, full)
-            gone = [n for n in gone if n in known and not os.path.exists(f"{self.root}/{n}/run.json")]
+            # a run is gone with its run.json, even while its directory is still there
+            gone = [n for n in [*gone, *stale] if n in known and not os.path.exists(f"{self.root}/{n}/run.json")]
+            stale = [n for n in stale if n not in set(gone)]
             if gone:
                 self._write([], {n: known[n] for n in gone})
             stale.sort()
@@ -332,6 +339,20 @@ class RunsIndex:
         ], total
 
 
+@contextlib.contextmanager
+def _errors(path: Path) -> Iterator[None]:
+    """SQLite's failures as one line that says what to do: the index is only a cache."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        message = " ".join(str(exc).split())
+        if "locked" in message or "busy" in message:
+            hint = "another process held it for over a minute; try again"
+        else:
+            hint = "free space, or delete it: it is rebuilt from the run directories"
+        raise RunsIndexError(f"the runs index {path}: {message}; {hint}") from None
+
+
 def runs_condition(statuses: set[str], commit: str | None, branch: str | None) -> tuple[str, list[Any]]:
     """The SQL condition on ``runs`` for the usual selectors: statuses, a commit prefix, a branch."""
     parts: list[str] = []
@@ -369,15 +390,20 @@ def _host() -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """The index's connection; a damaged or foreign file is replaced (it holds nothing that
-    the run directories do not)."""
+    """The index's connection, its tables made if they are not there yet. A damaged or
+    foreign file is replaced (it holds nothing that the run directories do not); a locked
+    one is waited for, never replaced."""
     for attempt in range(2):
         db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
-            _create(db)
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'columns'").fetchone():
+                _create(db)
             return db
+        except sqlite3.OperationalError:
+            db.close()
+            raise
         except sqlite3.DatabaseError:
             db.close()
             if attempt:
@@ -388,20 +414,21 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _create(db: sqlite3.Connection) -> None:
+    """The tables, made once by whichever process gets there first (IF NOT EXISTS: the
+    others find them made)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         db.execute(
             "CREATE TABLE IF NOT EXISTS files "
             "(run_id TEXT PRIMARY KEY, quick TEXT NOT NULL, full TEXT NOT NULL, watched TEXT NOT NULL, record BLOB)"
         )
-        db.execute("CREATE TABLE IF NOT EXISTS columns (name TEXT PRIMARY KEY, sql TEXT NOT NULL, flags INTEGER)")
         fixed = ", ".join(quote(name) for name in ALWAYS[1:])
         db.execute(f"CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, {fixed})")
+        # made last: its presence tells a connection that the others are there
+        db.execute("CREATE TABLE IF NOT EXISTS columns (name TEXT PRIMARY KEY, sql TEXT NOT NULL, flags INTEGER)")
         db.executemany(
             "INSERT OR IGNORE INTO columns (name, sql, flags) VALUES (?, ?, 0)", [(name, name) for name in ALWAYS]
         )
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (str(FORMAT),))
     except BaseException:
         db.execute("ROLLBACK")
         raise
