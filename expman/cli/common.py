@@ -63,6 +63,34 @@ def add_where(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    """--status (default succeeded), --commit and --branch: which runs a table or plot uses."""
+    from ..rundir.record import RunStatus
+
+    parser.add_argument(
+        "--status",
+        choices=list(RunStatus),
+        action="append",
+        help=f"runs with this status (repeatable; default {RunStatus.SUCCEEDED})",
+    )
+    parser.add_argument("--commit", help="only runs of commits starting with this")
+    parser.add_argument("--branch", help="only runs of this branch")
+
+
+def add_seed_keys(parser: argparse.ArgumentParser, pool: bool = True) -> None:
+    """--seed-keys (and --pool): what a cell or a point aggregates over."""
+    from ..results.options import DEFAULT_SEED_KEYS
+
+    parser.add_argument(
+        "--seed-keys",
+        action="append",
+        metavar="GLOB",
+        help=f"keys pooled as seeds (default {', '.join(DEFAULT_SEED_KEYS)})",
+    )
+    if pool:
+        parser.add_argument("--pool", action="append", default=[], metavar="KEY", help="also pool runs over this key")
+
+
 def scalar_stats_named(names: Sequence[str]) -> tuple[str, ...]:
     """The statistics of the scalars (tb:TAG:STAT) that ``names`` mention, so that event files
     are read only when a name asks for one."""

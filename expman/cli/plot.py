@@ -14,7 +14,16 @@ from ..errors import UsageError
 from ..progress import Reporter
 from ..results.options import DEFAULT_SEED_KEYS, ERROR_STYLES, PLOT_FORMATS, PLOT_KINDS
 from ..rundir.record import RunStatus
-from .common import Commands, add_runs_root, add_where, error_console, runs_root, scalar_stats_named
+from .common import (
+    Commands,
+    add_runs_root,
+    add_seed_keys,
+    add_selection,
+    add_where,
+    error_console,
+    runs_root,
+    scalar_stats_named,
+)
 
 
 def add_parsers(commands: Commands) -> None:
@@ -26,21 +35,8 @@ def add_parsers(commands: Commands) -> None:
     p.add_argument("--z", metavar="COL", help="heatmap: the value in the cells")
     p.add_argument("--hue", metavar="COL", help="a line, bar or band per value of this key")
     add_where(p)
-    p.add_argument(
-        "--status",
-        choices=list(RunStatus),
-        action="append",
-        help=f"runs with this status (repeatable; default {RunStatus.SUCCEEDED})",
-    )
-    p.add_argument("--commit", help="only runs of commits starting with this")
-    p.add_argument("--branch", help="only runs of this branch")
-    p.add_argument(
-        "--seed-keys",
-        action="append",
-        metavar="GLOB",
-        help=f"keys pooled as seeds (default {', '.join(DEFAULT_SEED_KEYS)})",
-    )
-    p.add_argument("--pool", action="append", default=[], metavar="KEY", help="also pool runs over this key")
+    add_selection(p)
+    add_seed_keys(p)
     p.add_argument("--err-style", choices=ERROR_STYLES, default="band", help="lines and curves: sd as a band or bars")
     p.add_argument("--title", help="the plot's title")
     p.add_argument(

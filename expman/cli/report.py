@@ -12,7 +12,7 @@ from rich.console import Console
 from ..errors import UsageError
 from ..progress import Reporter
 from ..results.options import DEFAULT_SEED_KEYS
-from .common import Commands, add_runs_root, error_console, runs_root
+from .common import Commands, add_runs_root, add_seed_keys, error_console, runs_root
 
 
 def add_parsers(commands: Commands) -> None:
@@ -28,12 +28,7 @@ def add_parsers(commands: Commands) -> None:
         help="results in the paper tables and plots (repeatable; default: the numeric results)",
     )
     p.add_argument("--best", choices=("max", "min"), help="bold the highest or lowest cell (default: by the name)")
-    p.add_argument(
-        "--seed-keys",
-        action="append",
-        metavar="GLOB",
-        help=f"keys pooled as seeds (default {', '.join(DEFAULT_SEED_KEYS)})",
-    )
+    add_seed_keys(p, pool=False)
     p.set_defaults(handler=cmd_report)
 
 

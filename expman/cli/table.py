@@ -13,7 +13,16 @@ from ..errors import UsageError
 from ..progress import Reporter
 from ..results.options import AGGREGATES, DEFAULT_SEED_KEYS, DEFAULT_STATS, FORMATS
 from ..rundir.record import RunStatus
-from .common import Commands, add_runs_root, add_where, error_console, runs_root, scalar_stats_named
+from .common import (
+    Commands,
+    add_runs_root,
+    add_seed_keys,
+    add_selection,
+    add_where,
+    error_console,
+    runs_root,
+    scalar_stats_named,
+)
 
 
 def add_parsers(commands: Commands) -> None:
@@ -27,24 +36,11 @@ def add_parsers(commands: Commands) -> None:
     )
     p.add_argument("--agg", default="mean±std", help=f"one of {', '.join(AGGREGATES)} (default mean±std)")
     add_where(p)
-    p.add_argument(
-        "--status",
-        choices=list(RunStatus),
-        action="append",
-        help=f"runs with this status (repeatable; default {RunStatus.SUCCEEDED})",
-    )
-    p.add_argument("--commit", help="only runs of commits starting with this")
-    p.add_argument("--branch", help="only runs of this branch")
+    add_selection(p)
     p.add_argument("--format", choices=FORMATS, default="rich")
     p.add_argument("--best", choices=("max", "min"), help="bold the best cell of each column")
     p.add_argument("--caption", help="table caption (LaTeX, HTML, rich)")
-    p.add_argument(
-        "--seed-keys",
-        action="append",
-        metavar="GLOB",
-        help=f"keys pooled as seeds (default {', '.join(DEFAULT_SEED_KEYS)})",
-    )
-    p.add_argument("--pool", action="append", default=[], metavar="KEY", help="also pool runs over this key")
+    add_seed_keys(p)
     p.add_argument(
         "--parse",
         action="append",
