@@ -307,3 +307,16 @@ def test_an_index_that_cannot_be_written_is_one_line(runs_root, capsys):
     assert err.count("\n") == 1 and "database is locked" in err and str(index_file) in err.replace("\n", "")
     assert main(["query", "SELECT count(*) AS n FROM runs", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 3}]
+
+
+def test_reruns_are_listed_but_are_no_samples_of_tables(runs_root, capsys):
+    original = make_run(runs_root, {"lr": 0.1, "seed": 1}, {"acc": 0.5})
+    make_run(runs_root, {"lr": 0.1, "seed": 2}, {"acc": 0.7})
+    rerun = make_run(runs_root, {"lr": 0.1, "seed": 1}, {"acc": 0.5})
+    record = json.loads((rerun / "run.json").read_text())
+    (rerun / "run.json").write_text(json.dumps({**record, "rerun_of": original.name}))
+    assert len(load_runs(runs_root)) == 3 and len(load_runs(runs_root, reruns=False)) == 2
+    for extra in ([], ["--no-cache"]):  # from the index's rows, and from a frame
+        assert main(["table", "--value", "acc", "--format", "json", *extra]) == 0
+        (cell,) = json.loads(capsys.readouterr().out)["cells"]
+        assert cell["n"] == 2 and cell["center"] == pytest.approx(0.6)

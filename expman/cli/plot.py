@@ -111,6 +111,7 @@ def _load(args: argparse.Namespace, root: Path, stats: tuple[str, ...]) -> Any:
             where=args.where,
             scalar_stats=stats,
             progress=progress,
+            reruns=False,
         )
     if frame.empty:
         raise UsageError(

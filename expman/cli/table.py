@@ -108,7 +108,7 @@ def _load(args: argparse.Namespace, root: Path) -> Any:
     status = args.status or [RunStatus.SUCCEEDED]
     with Reporter(error_console()).bar("loading runs") as progress:
         if not args.list and indexed(parse, keep, not args.no_crc, not args.no_cache, stats):
-            return load_rowset(root, set(status), args.commit, args.branch, args.where, stats, progress)
+            return load_rowset(root, set(status), args.commit, args.branch, args.where, stats, progress, reruns=False)
         from ..results.loader import load_runs
 
         return load_runs(
@@ -123,6 +123,7 @@ def _load(args: argparse.Namespace, root: Path) -> Any:
             check_crc=not args.no_crc,
             cache=not args.no_cache,
             progress=progress,
+            reruns=False,
         )
 
 

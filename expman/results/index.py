@@ -38,7 +38,7 @@ import orjson
 
 from ..errors import RunsIndexError, UsageError
 
-FORMAT = 1
+FORMAT = 2  # in the file's name: a new format starts a new file
 INDEX_DIR = ".expman-index"
 LOCK_WAIT_S = 30.0
 _BOOL = 1  # column flags: a bool was stored (SQLite keeps 0/1) ...
@@ -55,7 +55,7 @@ ALWAYS = (
     *("status", "reason", "backend", "host", "queued_at", "started_at", "ended_at", "duration_s"),
     *("exit_code", "oom_killed", "peak_memory_bytes", "config_hash", "commit", "branch", "subject", "sweep"),
     *("search.study", "search.trial", "search.segment", "search.member", "search.generation", "search.parent"),
-    "notes",
+    *("rerun_of", "notes"),
 )
 # Kept in every selection too, though not fixed in place: they follow a run's first results.
 _KEPT = {*ALWAYS, "partial", "problems"}
@@ -353,9 +353,12 @@ def _errors(path: Path) -> Iterator[None]:
         raise RunsIndexError(f"the runs index {path}: {message}; {hint}") from None
 
 
-def runs_condition(statuses: set[str], commit: str | None, branch: str | None) -> tuple[str, list[Any]]:
-    """The SQL condition on ``runs`` for the usual selectors: statuses, a commit prefix, a branch."""
-    parts: list[str] = []
+def runs_condition(
+    statuses: set[str], commit: str | None, branch: str | None, reruns: bool = True
+) -> tuple[str, list[Any]]:
+    """The SQL condition on ``runs`` for the usual selectors: statuses, a commit prefix, a
+    branch, and whether reruns (``expman rerun``'s runs) count."""
+    parts: list[str] = [] if reruns else ["rerun_of IS NULL"]
     params: list[Any] = []
     if statuses:
         parts.append(f"status IN ({', '.join('?' * len(statuses))})")

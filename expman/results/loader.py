@@ -76,18 +76,21 @@ def load_runs(
     check_crc: bool = True,
     cache: bool = True,
     progress: Progress | None = None,
+    reruns: bool = True,
     **equals: Any,
 ) -> pd.DataFrame:
     """A row per run. ``where`` takes "key=value" (also !=, <, >, <=, >=); keyword arguments
     are equality conditions (``load_runs(root, **{"train.env_name": "Pong"})``). ``parse``
-    overrides the runs' own stdout patterns; ``scalar_stats=()`` skips event files."""
+    overrides the runs' own stdout patterns; ``scalar_stats=()`` skips event files.
+    ``reruns=False`` leaves out the runs ``expman rerun`` made (they check a result; as
+    samples they would count a configuration twice)."""
     _check_keep(keep)
     conditions = parse_conditions(where) + parse_conditions(f"{k}={v}" for k, v in equals.items())
     stats = tuple(scalar_stats)
     if indexed(parse, keep, check_crc, cache, stats):
-        frame = _indexed_frame(Path(root).expanduser(), _statuses(status), commit, branch, stats, progress)
+        frame = _indexed_frame(Path(root).expanduser(), _statuses(status), commit, branch, reruns, stats, progress)
     else:
-        runs = select_runs(root, status, commit, branch)
+        runs = [r for r in select_runs(root, status, commit, branch) if reruns or not r.record.get("rerun_of")]
         store = Cache(Path(root).expanduser(), cache)
         patterns = compile_patterns(parse) if parse is not None else None
         rows = []
@@ -106,13 +109,19 @@ def _statuses(status: str | Sequence[str] | None) -> set[str]:
 
 
 def _indexed_frame(
-    root: Path, statuses: set[str], commit: str | None, branch: str | None, stats: tuple[str, ...], progress: Any
+    root: Path,
+    statuses: set[str],
+    commit: str | None,
+    branch: str | None,
+    reruns: bool,
+    stats: tuple[str, ...],
+    progress: Any,
 ) -> pd.DataFrame:
     """The rows kept by the runs index, refreshed first: what ``run_row`` would make, read
     from one file."""
     if not root.is_dir():
         raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
-    where, params = runs_condition(statuses, commit, branch)
+    where, params = runs_condition(statuses, commit, branch, reruns)
     with RunsIndex(root) as index:
         index.refresh(progress=progress)
         suffixes = tuple(f":{stat}" for stat in stats)

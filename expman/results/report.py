@@ -55,7 +55,9 @@ class ReportOptions:
 def build_report(root: Path | str, options: ReportOptions, progress: Progress | None = None) -> str:
     """The report of every run under ``root``, as the text of one HTML file."""
     frame = load_runs(root, scalar_stats=("last",), progress=progress)
-    succeeded = frame[frame["status"] == RunStatus.SUCCEEDED].reset_index(drop=True)
+    # reruns are listed, but are no samples of the tables and plots: they would count twice
+    samples = frame["status"].eq(RunStatus.SUCCEEDED) & frame["rerun_of"].isna()
+    succeeded = frame[samples].reset_index(drop=True)
     numeric = numeric_results(frame)
     values = [resolve_column(list(frame.columns), v) for v in options.values] or [
         c for c in numeric if is_numeric(succeeded[c])

@@ -49,11 +49,12 @@ def load_rowset(
     where: Sequence[str],
     stats: Sequence[str],
     progress: Any = None,
+    reruns: bool = True,
 ) -> RowSet:
     """The rows ``load_runs`` would give with the default options, as plain lists."""
     if not root.is_dir():
         raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
-    condition, params = runs_condition(statuses, commit, branch)
+    condition, params = runs_condition(statuses, commit, branch, reruns)
     suffixes = tuple(f":{stat}" for stat in stats)
     with RunsIndex(root) as index:
         index.refresh(progress=progress)
