@@ -222,7 +222,8 @@ def test_the_compiled_signatures_equal_the_python_ones(runs_root):
     os.mkdir(weird)
     with open(weird + b"/events.out.tfevents.1.host", "wb") as f:
         f.write(b"x" * 10)
-    watched = index._watched(str(run))
+    watched, signature = index._watch(str(run))
+    assert signature == index._py_signature(str(run), watched)
     assert os.fsdecode(b"d\xff \xc3\xbc/events.out.tfevents.1.host") in watched
     for base in (str(run), str(run / "missing"), str(runs_root)):
         assert _signatures.quick(base) == index._py_quick_signature(base)
@@ -320,3 +321,17 @@ def test_reruns_are_listed_but_are_no_samples_of_tables(runs_root, capsys):
         assert main(["table", "--value", "acc", "--format", "json", *extra]) == 0
         (cell,) = json.loads(capsys.readouterr().out)["cells"]
         assert cell["n"] == 2 and cell["center"] == pytest.approx(0.6)
+
+
+def test_a_bool_in_one_run_leaves_the_integers_of_others_alone(runs_root, capsys):
+    make_run(runs_root, {"early_stop": False}, '{"acc": NaN, "ok": true}')
+    make_run(runs_root, {"early_stop": 5}, '{"acc": 0.5, "ok": 1}')
+    make_run(runs_root, {"early_stop": 1}, '{"ok": false}')
+    for cache in (True, False):  # through the index, and straight from the files
+        frame = load_runs(runs_root, cache=cache)
+        assert frame["config.early_stop"].tolist() == [False, 5, 1]
+        assert [type(v) for v in frame["config.early_stop"]] == [bool, int, int]
+        assert frame["results.ok"].tolist() == [True, 1, False]
+        assert math.isnan(frame["results.acc"][0]) and frame["results.acc"][1] == 0.5
+    assert main(["table", "--rows", "early_stop", "--value", "acc", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4  # a header and three rows: 5 and 1 apart

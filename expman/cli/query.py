@@ -39,7 +39,8 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
     if not sql:
         raise UsageError("give a query, e.g. expman query 'SELECT status, count(*) FROM runs GROUP BY status'")
     with Reporter(error_console()).bar("indexing runs") as progress:
-        columns, rows = run_query(runs_root(args), sql, progress)
+        columns, found = run_query(runs_root(args), sql, progress)
+    rows = [tuple(_text(v) for v in row) for row in found]
     if args.format == "json":
         emit_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif args.format == "csv":
@@ -51,6 +52,11 @@ def cmd_query(args: argparse.Namespace, console: Console) -> int:
     else:
         _table(console, columns, rows)
     return 0
+
+
+def _text(value: Any) -> Any:
+    """A BLOB (SQLite's bytes, as of x'00ff' or the index's own columns) as text."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def _cell(value: Any) -> str:

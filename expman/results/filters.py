@@ -111,7 +111,10 @@ def _as_number(cell: Any) -> float | None:
 
 
 def _equal(cell: Any, value: Any, text: str) -> bool:
-    if isinstance(cell, bool) or cell is None:
+    """A missing value (None, NaN) equals nothing; a bool equals true or false in any case."""
+    if cell is None or isinstance(cell, float) and math.isnan(cell):
+        return False
+    if isinstance(cell, bool):
         return str(cell).lower() == text.lower()
     if isinstance(cell, (int, float)) and not isinstance(value, str):
         return bool(cell == value)

@@ -8,8 +8,8 @@ its index in the user's cache directory instead.
 
 The run directories stay the truth: deleting the index loses nothing. A refresh stats each
 run's files and rereads only the runs whose files changed; a quick refresh, enough for
-listings, stats only each run's directory and run.json (every writer of run.json and
-annotations.json renames a new file into place, which changes the directory). Refreshers
+listings, stats only each run's directory and run.json (expman's writers of run.json and
+annotations.json rename a new file into place, which changes the directory). Refreshers
 take turns through a lock file, so that one reads and the others then find nothing left to
 do; the lock is only a courtesy: a row is written only while the index still holds what its
 writer saw before reading the run (compare and set), so a refresher that waited too long, or
@@ -32,7 +32,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -41,13 +41,15 @@ from ..errors import RunsIndexError, UsageError
 FORMAT = 2  # in the file's name: a new format starts a new file
 INDEX_DIR = ".expman-index"
 LOCK_WAIT_S = 30.0
-_BOOL = 1  # column flags: a bool was stored (SQLite keeps 0/1) ...
-_NAN = 2  # ... a NaN was (SQLite keeps NULL)
+# Column flags. SQLite keeps a bool as 0/1 and a NaN as NULL: which cells were which is noted
+# per run (files.typed); a column whose every value is a bool is read back without that.
+_BOOL = 1  # a bool was stored in it
+_NAN = 2  # a NaN was
+_OTHER = 4  # a value that is no bool was
 _BUSY_TIMEOUT_MS = 60_000
 _PARALLEL_FROM = 1000
 _MAX_READERS = 4
 _BATCH = 250  # runs read, then written in one transaction: memory and lock time stay bounded
-_MAX_WATCHED_DIRS = 64
 _EVENT_FILE_MARKER = "tfevents"
 # Every row has these (None where they do not apply); other columns appear with their keys.
 ALWAYS = (
@@ -58,7 +60,7 @@ ALWAYS = (
     *("rerun_of", "notes"),
 )
 # Kept in every selection too, though not fixed in place: they follow a run's first results.
-_KEPT = {*ALWAYS, "partial", "problems"}
+_KEPT = {*ALWAYS, "partial", "problems", "reproduction"}
 
 Progress = Callable[[int, int], None]
 
@@ -72,6 +74,28 @@ class Seen(NamedTuple):
     watched: str
 
 
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy"
+
+
+def _typed(row: dict[str, Any] | None) -> str | None:
+    """Which cells of a row are bools and which NaN (SQLite keeps them as 0/1 and NULL)."""
+    if not row:
+        return None
+    bools = [k for k, v in row.items() if _is_bool(v)]
+    nans = [k for k, v in row.items() if isinstance(v, float) and v != v]
+    return orjson.dumps({"bool": bools, "nan": nans}).decode() if bools or nans else None
+
+
+def _retype(values: list[Any], keys: list[str], positions: list[int], typed: dict[str, list[str]]) -> None:
+    bools, nans = set(typed.get("bool", ())), set(typed.get("nan", ()))
+    for j in positions:
+        if keys[j] in bools and values[j] is not None:
+            values[j] = bool(values[j])
+        elif keys[j] in nans and values[j] is None:
+            values[j] = math.nan
+
+
 def _plain(value: Any) -> bool:
     """SQLite keeps this value as it is (the common case, checked first for speed)."""
     kind = type(value)
@@ -80,6 +104,20 @@ def _plain(value: Any) -> bool:
 
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """The method with SQLite's failures as ``_errors`` words them."""
+
+    @functools.wraps(method)
+    def guarded(self: RunsIndex, *args: Any, **kwargs: Any) -> T:
+        with _errors(self.path):
+            return method(self, *args, **kwargs)
+
+    return guarded
 
 
 class RunsIndex:
@@ -105,14 +143,11 @@ class RunsIndex:
 
     # -- refreshing -------------------------------------------------------------------------
 
+    @_guarded
     def refresh(self, full: bool = True, progress: Progress | None = None, only: Sequence[str] | None = None) -> int:
         """Brings the index up to date with the run directories; returns how many runs were
         reread or dropped. ``full=False`` looks only at records (enough for a listing);
         ``only`` looks only at those runs."""
-        with _errors(self.path):
-            return self._refresh(full, progress, only)
-
-    def _refresh(self, full: bool, progress: Progress | None, only: Sequence[str] | None) -> int:
         known = self._known(None if only is None else list(only))
         names = _run_names(self.root) if only is None else {n for n in only if os.path.isdir(f"{self.root}/{n}")}
         stale = self._changed(names, known, full)
@@ -167,8 +202,11 @@ class RunsIndex:
             # late as this one did, or later
             fresh = [r for r in rows if current.get(r[0]) == r[1]]
             self.db.executemany(
-                "INSERT OR REPLACE INTO files (run_id, quick, full, watched, record) VALUES (?, ?, ?, ?, ?)",
-                [(name, seen.quick, seen.full, seen.watched, record) for name, _, seen, record, _ in fresh],
+                "INSERT OR REPLACE INTO files (run_id, quick, full, watched, record, typed) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (name, seen.quick, seen.full, seen.watched, record, _typed(row))
+                    for name, _, seen, record, row in fresh
+                ],
             )
             removed = [(name,) for name, before in gone.items() if current.get(name) == before]
             self.db.executemany("DELETE FROM files WHERE run_id = ?", removed)
@@ -185,21 +223,21 @@ class RunsIndex:
             for key in row:
                 if key not in self._columns:
                     self._column(key)
+        self._note_kinds([row for _, row in rows])
         keys = list(self._columns)
         names = ", ".join(quote(self._columns[k]) for k in keys)
         convert = self._value
         values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row in rows]
         self.db.executemany(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})", values)
 
-    def _value(self, key: str, value: Any) -> Any:
-        """A value as SQLite keeps it, noting in the column's flags what must be given back."""
+    @staticmethod
+    def _value(key: str, value: Any) -> Any:
+        """A value as SQLite keeps it."""
         if type(value).__module__ == "numpy":
             value = value.item()
         if isinstance(value, bool):
-            self._flag(key, _BOOL)
             return int(value)
         if isinstance(value, float) and value != value:
-            self._flag(key, _NAN)
             return None
         if isinstance(value, int) and not -(2**63) <= value < 2**63:
             return str(value)
@@ -207,9 +245,21 @@ class RunsIndex:
             return orjson.dumps(value).decode()
         return value
 
+    def _note_kinds(self, rows: list[dict[str, Any]]) -> None:
+        """Flags each column for the kinds of value ``rows`` bring to it (see _BOOL)."""
+        for key in {k for row in rows for k, v in row.items() if _is_bool(v)}:
+            if not self._flags.get(key, 0) & _BOOL:
+                self._flag(key, _BOOL)
+                if self.db.execute(f"SELECT 1 FROM runs WHERE {quote(self._columns[key])} IS NOT NULL").fetchone():
+                    self._flag(key, _OTHER)
+        for key in [k for k, flags in self._flags.items() if flags & _BOOL and not flags & _OTHER]:
+            if any(not _is_bool(v) and v is not None for row in rows if (v := row.get(key)) is not None):
+                self._flag(key, _OTHER)
+        for key in {k for row in rows for k, v in row.items() if isinstance(v, float) and v != v}:
+            if not self._flags.get(key, 0) & _NAN:
+                self._flag(key, _NAN)
+
     def _flag(self, key: str, flag: int) -> None:
-        if self._flags.get(key, 0) & flag:
-            return
         self._flags[key] = self._flags.get(key, 0) | flag
         self.db.execute(
             "INSERT INTO columns (name, sql, flags) VALUES (?, ?, ?) "
@@ -274,6 +324,7 @@ class RunsIndex:
 
     # -- reading ----------------------------------------------------------------------------
 
+    @_guarded
     def select(
         self,
         where: str = "",
@@ -284,36 +335,38 @@ class RunsIndex:
         """Columns (keys, as ``load_runs`` names them) and rows of ``runs`` matching the SQL
         condition ``where``: the columns whose key ``wanted`` accepts (default all), less
         those empty for every selected run."""
+        self._load_columns()  # another process may have added some since this one opened
         condition = f"WHERE {where}" if where else ""
         keys = [k for k in self._columns if wanted is None or k in _KEPT or wanted(k)]
         counts = self.db.execute(
             f"SELECT {', '.join(f'count({quote(self._columns[k])})' for k in keys)} FROM runs {condition}", list(params)
         ).fetchone()
         keys = [k for k, n in zip(keys, counts, strict=True) if n or k in _KEPT or self._flags.get(k, 0) & _NAN]
-        cursor = self.db.execute(
-            f"SELECT {', '.join(quote(self._columns[k]) for k in keys)} FROM runs {condition} ORDER BY {order}",
-            list(params),
-        )
-        rows = cursor.fetchall()
-        bools = [j for j, k in enumerate(keys) if self._flags.get(k, 0) & _BOOL]
-        nans = [j for j, k in enumerate(keys) if self._flags.get(k, 0) & _NAN]
-        if not bools and not nans:
+        flags = [self._flags.get(k, 0) for k in keys]
+        bools = [j for j, f in enumerate(flags) if f & _BOOL and not f & _OTHER]  # every value a bool
+        typed = [j for j, f in enumerate(flags) if f & _NAN or f & _BOOL and f & _OTHER]  # as each run noted
+        columns = ", ".join(quote(self._columns[k]) for k in keys)
+        if typed:
+            columns += ", (SELECT typed FROM files WHERE files.run_id = runs.run_id)"
+        rows = self.db.execute(f"SELECT {columns} FROM runs {condition} ORDER BY {order}", list(params)).fetchall()
+        if not bools and not typed:
             return keys, [list(row) for row in rows]
         out = []
         for row in rows:
-            values = list(row)
+            values = list(row[: len(keys)])
             for j in bools:
-                if isinstance(values[j], int):
+                if values[j] is not None:
                     values[j] = bool(values[j])
-            for j in nans:
-                if values[j] is None:
-                    values[j] = math.nan
+            if typed and row[-1]:
+                _retype(values, keys, typed, orjson.loads(row[-1]))
             out.append(values)
         return keys, out
 
+    @_guarded
     def event_files(self, where: str = "", params: Sequence[Any] = ()) -> list[tuple[str, list[str]]]:
         """Each run matching ``where`` (oldest first) with its event files, relative to the
         run, as the last refresh found them."""
+        self._load_columns()  # another process may have added some since this one opened
         condition = f"WHERE {where}" if where else ""
         sql = f"SELECT run_id, f.watched FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id"
         return [
@@ -321,11 +374,13 @@ class RunsIndex:
             for run_id, watched in self.db.execute(sql, list(params))
         ]
 
+    @_guarded
     def records(
         self, where: str = "", params: Sequence[Any] = (), limit: int | None = None
     ) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
         """run.json and the tags of each run matching ``where`` (newest first, at most
         ``limit``), and how many match in all."""
+        self._load_columns()  # another process may have added some since this one opened
         condition = f"WHERE {where}" if where else ""
         (total,) = self.db.execute(f"SELECT count(*) FROM runs {condition}", list(params)).fetchone()
         tags = [k for k in self._columns if k.startswith("tag.")]
@@ -344,7 +399,7 @@ def _errors(path: Path) -> Iterator[None]:
     """SQLite's failures as one line that says what to do: the index is only a cache."""
     try:
         yield
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, UnicodeError) as exc:
         message = " ".join(str(exc).split())
         if "locked" in message or "busy" in message:
             hint = "another process held it for over a minute; try again"
@@ -423,7 +478,8 @@ def _create(db: sqlite3.Connection) -> None:
     try:
         db.execute(
             "CREATE TABLE IF NOT EXISTS files "
-            "(run_id TEXT PRIMARY KEY, quick TEXT NOT NULL, full TEXT NOT NULL, watched TEXT NOT NULL, record BLOB)"
+            "(run_id TEXT PRIMARY KEY, quick TEXT NOT NULL, full TEXT NOT NULL, watched TEXT NOT NULL, record BLOB, "
+            "typed TEXT)"
         )
         fixed = ", ".join(quote(name) for name in ALWAYS[1:])
         db.execute(f"CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, {fixed})")
@@ -458,8 +514,7 @@ def _read(root: str, names: list[str]) -> list[tuple]:
         run = f"{root}/{name}"
         quick = _quick_signature(run)
         if quick is not None:  # stat before reading: a change made meanwhile shows next time
-            watched = _watched(run)
-            full = _signature(run, watched)
+            watched, full = _watch(run)
             record, row, parses_stdout = read_run(Path(run))
             if not parses_stdout:  # stdout.log matters only to a run that parses metrics from it
                 watched, full = _without_stdout(watched), _without_stdout(full)
@@ -468,10 +523,10 @@ def _read(root: str, names: list[str]) -> list[tuple]:
 
 
 def _without_stdout(joined: str) -> str:
-    """``_watched``'s list, or its signature, less the stdout.log entry (the third)."""
+    """``_watch``'s list, or its signature, less the stdout.log entry (the fourth)."""
     separator = "\n" if "\n" in joined else "|"
     parts = joined.split(separator)
-    return separator.join(parts[:2] + parts[3:])
+    return separator.join(parts[:3] + parts[4:])
 
 
 def _run_names(root: Path) -> set[str]:
@@ -480,7 +535,7 @@ def _run_names(root: Path) -> set[str]:
         entries = list(os.scandir(root))
     except FileNotFoundError:
         return set()
-    return {e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)}
+    return {e.name for e in entries if not e.name.startswith(".") and e.is_dir()}
 
 
 def _stat(path: str) -> str:
@@ -498,21 +553,33 @@ def _py_quick_signature(run: str) -> str | None:
     return None if record == "-" else _stat(run) + "|" + record
 
 
-def _watched(run: str) -> str:
+def _watch(run: str) -> tuple[str, str]:
     """What a full refresh stats besides the quick signature, relative to the run, one per
-    line: config, results, stdout (dropped after reading unless the run parses metrics from
-    it), every directory under output (a new file changes its directory) and every event file.
-    annotations.json is replaced by rename, which the quick signature sees."""
-    paths = ["config.json", "output/results.json", "logs/stdout.log"]
-    dirs = 0
-    for directory, subdirs, files in os.walk(run + "/output"):
-        subdirs.sort()
-        relative = os.path.relpath(directory, run)
-        if dirs < _MAX_WATCHED_DIRS:
-            paths.append(relative)
-            dirs += 1
-        paths.extend(f"{relative}/{name}" for name in sorted(files) if _EVENT_FILE_MARKER in name)
-    return "\n".join(paths)
+    line, and their signature now: config, annotations (also when written in place),
+    results, stdout (dropped after reading unless the run parses metrics from it), every
+    directory under output (a new file changes its directory) and every event file. Each
+    directory is stat'ed before it is listed, so that a file made meanwhile changes the
+    signature from the one recorded and is found next time."""
+    paths = ["config.json", "annotations.json", "output/results.json", "logs/stdout.log"]
+    prefix = run + "/"
+    stats = [_stat(prefix + p) for p in paths]
+    pending = ["output"]
+    while pending:
+        relative = pending.pop()
+        stat = _stat(prefix + relative)
+        try:
+            entries = sorted(os.scandir(prefix + relative), key=lambda e: e.name)
+        except OSError:
+            continue
+        paths.append(relative)
+        stats.append(stat)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(f"{relative}/{entry.name}")
+            elif _EVENT_FILE_MARKER in entry.name:
+                paths.append(f"{relative}/{entry.name}")
+                stats.append(_stat(prefix + paths[-1]))
+    return "\n".join(paths), "|".join(stats)
 
 
 def _py_signature(run: str, watched: str) -> str:
