@@ -335,3 +335,18 @@ def test_a_bool_in_one_run_leaves_the_integers_of_others_alone(runs_root, capsys
         assert math.isnan(frame["results.acc"][0]) and frame["results.acc"][1] == 0.5
     assert main(["table", "--rows", "early_stop", "--value", "acc", "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4  # a header and three rows: 5 and 1 apart
+
+
+def test_one_run_with_odd_or_too_many_keys_leaves_the_others_readable(runs_root, capsys):
+    make_run(runs_root, {"a": 1}, '{"acc": 0.5, "odd\\u0000key": 1, "s\\ud800": "x\\ud800y"}')
+    per_class = {f"c{i}": i for i in range(2100)}
+    make_run(runs_root, {"a": 2}, {"acc": 0.6, "per_class": per_class})
+    make_run(runs_root, {"a": 3}, {"acc": 0.7})
+    frame = load_runs(runs_root)
+    assert frame["results.acc"].tolist() == [0.5, 0.6, 0.7]
+    assert frame["partial"].tolist() == [False, True, False]
+    assert "left out of the runs index" in frame["problems"][1]
+    assert frame["results.odd\\x00key"][0] == 1 and frame["results.s\\ud800"][0] == "x\\ud800y"
+    assert main(["table", "--value", "acc", "--rows", "a", "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert load_runs(runs_root, cache=False)["results.per_class.c2099"][1] == 2099  # the files have them all

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
-from ..errors import RunsIndexError, UsageError
+from ..errors import RunsIndexError
 
 FORMAT = 2  # in the file's name: a new format starts a new file
 INDEX_DIR = ".expman-index"
@@ -94,6 +94,15 @@ def _retype(values: list[Any], keys: list[str], positions: list[int], typed: dic
             values[j] = bool(values[j])
         elif keys[j] in nans and values[j] is None:
             values[j] = math.nan
+
+
+def _clean(text: str) -> str:
+    """Text SQLite can hold: a lone surrogate escaped (\\ud800), NUL written out (\\x00)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text.replace("\x00", "\\x00")
 
 
 def _plain(value: Any) -> bool:
@@ -216,19 +225,34 @@ class RunsIndex:
             self._put([(name, row) for name, _, _, _, row in fresh if row is not None])
 
     def _put(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
-        """Rows into ``runs``, one statement for all: a column per key, added as keys appear."""
+        """Rows into ``runs``, one statement for all: a column per key, added as keys appear.
+        A key the index cannot take (past SQLite's limit on columns) is left out of its row,
+        which is flagged partial: one run's odd results never stop the others."""
         if not rows:
             return
-        for _, row in rows:
-            for key in row:
-                if key not in self._columns:
-                    self._column(key)
+        rows = [(name, self._fit(row)) for name, row in rows]
         self._note_kinds([row for _, row in rows])
         keys = list(self._columns)
         names = ", ".join(quote(self._columns[k]) for k in keys)
         convert = self._value
         values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row in rows]
-        self.db.executemany(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})", values)
+        sql = f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})"
+        try:
+            self.db.executemany(sql, values)
+        except UnicodeEncodeError:  # a lone surrogate in some text: kept escaped, as \ud800
+            self.db.executemany(sql, [[_clean(v) if type(v) is str else v for v in row] for row in values])
+
+    def _fit(self, row: dict[str, Any]) -> dict[str, Any]:
+        """``row`` with its keys as the index can name columns, and a column for each."""
+        if any(k not in self._columns for k in row):
+            row = {_clean(k): v for k, v in row.items()}
+        left_out = [k for k in row if k not in self._columns and not self._column(k)]
+        if not left_out:
+            return row
+        problem = f"{len(left_out)} keys left out of the runs index (it takes at most {len(self._columns)} columns)"
+        row = {k: v for k, v in row.items() if k not in left_out}
+        row["partial"], row["problems"] = True, "; ".join(filter(None, [row.get("problems"), problem]))
+        return row
 
     @staticmethod
     def _value(key: str, value: Any) -> Any:
@@ -267,9 +291,10 @@ class RunsIndex:
             (key, self._columns.get(key, key), flag),
         )
 
-    def _column(self, key: str) -> str:
-        """The SQL column of ``key``, added on first use. SQLite's names ignore case, so a key
-        differing from another only in case is given a numbered name."""
+    def _column(self, key: str) -> str | None:
+        """The SQL column of ``key``, added on first use; None past SQLite's limit on columns.
+        SQLite's names ignore case, so a key differing from another only in case is given a
+        numbered name."""
         if key in self._columns:
             return self._columns[key]
         taken = {name.lower() for name in self._columns.values()}
@@ -280,7 +305,9 @@ class RunsIndex:
         try:
             self.db.execute(f"ALTER TABLE runs ADD COLUMN {quote(name)}")
         except sqlite3.OperationalError as exc:
-            raise UsageError(f"the runs index cannot take column {key!r}: {exc}; runs have too many keys") from None
+            if "too many columns" in str(exc):
+                return None
+            raise
         self.db.execute(
             "INSERT INTO columns (name, sql, flags) VALUES (?, ?, ?) "
             "ON CONFLICT (name) DO UPDATE SET sql = excluded.sql",
