@@ -325,12 +325,28 @@ def bench_size(args: argparse.Namespace, runs: int) -> dict[str, dict[str, Timin
     runs_root = ensure_corpus(place, runs)
     measured = measure_expman(runs_root, args.rounds)
     report_expman(runs, args.rounds, measured, place)
-    if args.mlflow_python is None:
-        print("  MLflow: skipped (no --mlflow-python; see this script's docstring)")
+    missing = mlflow_missing(args.mlflow_python)
+    if missing:
+        print(f"  MLflow: skipped ({missing}; see this script's docstring)")
         return measured
-    mlflow = measure_mlflow(args.mlflow_python, place / "mlflow", runs_root, runs, args.rounds)
+    try:
+        mlflow = measure_mlflow(args.mlflow_python, place / "mlflow", runs_root, runs, args.rounds)
+    except RuntimeError as exc:
+        print(f"  MLflow: failed: {exc}")
+        return measured
     report_mlflow(measured, measure_load_runs(runs_root, args.rounds), mlflow)
     return measured
+
+
+def mlflow_missing(python: str | None) -> str | None:
+    """Why MLflow cannot be measured with ``python``; None when it can."""
+    if python is None:
+        return "no --mlflow-python"
+    try:
+        found = subprocess.run([python, "-c", "import mlflow"], capture_output=True).returncode == 0
+    except OSError as exc:
+        return f"--mlflow-python {python}: {exc.strerror}"
+    return None if found else f"{python} cannot import mlflow"
 
 
 def main() -> int:
