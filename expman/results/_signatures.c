@@ -6,6 +6,7 @@
  *
  * quick(run_dir: path) -> str | None      the directory and its run.json; None: no run.json
  * full(run_dir: path, watched: path) -> str   each "\n"-separated path of `watched`, relative
+ *                                             (the GIL is released while it stats)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,7 +22,7 @@ typedef struct {
 static int append(Buffer *b, const char *text, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = (b->cap ? b->cap * 2 : 256) + n;
-        char *data = PyMem_Realloc(b->data, cap);
+        char *data = PyMem_RawRealloc(b->data, cap);
         if (!data) return -1;
         b->data = data;
         b->cap = cap;
@@ -45,7 +46,7 @@ static int append_stat(Buffer *b, const char *path) {
 
 static PyObject *finish(Buffer *b) {
     PyObject *out = PyUnicode_DecodeASCII(b->data ? b->data : "", (Py_ssize_t)b->len, NULL);
-    PyMem_Free(b->data);
+    PyMem_RawFree(b->data);
     return out;
 }
 
@@ -56,22 +57,21 @@ static PyObject *quick(PyObject *self, PyObject *args) {
     size_t n = (size_t)PyBytes_GET_SIZE(run);
     char path[PATH_MAX];
     Buffer record = {0}, out = {0};
-    int found = -1;
+    int found = 0, done = 0;
+    Py_BEGIN_ALLOW_THREADS
     if (n + sizeof "/run.json" <= sizeof path) {
         memcpy(path, dir, n);
         memcpy(path + n, "/run.json", sizeof "/run.json");
         found = append_stat(&record, path);
     }
-    if (found == 1 && append_stat(&out, dir) >= 0 && !append(&out, "|", 1) &&
-        !append(&out, record.data, record.len)) {
-        PyMem_Free(record.data);
-        Py_DECREF(run);
-        return finish(&out);
-    }
-    PyMem_Free(record.data);
-    PyMem_Free(out.data);
+    done = found == 1 && append_stat(&out, dir) >= 0 && !append(&out, "|", 1) &&
+           !append(&out, record.data, record.len);
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(record.data);
     Py_DECREF(run);
-    if (found == -1 && PyErr_Occurred()) return NULL;
+    if (done) return finish(&out);
+    PyMem_RawFree(out.data);
+    if (found != 0) return PyErr_NoMemory(); /* run.json is there, its signature was not made */
     Py_RETURN_NONE;
 }
 
@@ -86,6 +86,7 @@ static PyObject *full(PyObject *self, PyObject *args) {
     char path[PATH_MAX];
     Buffer out = {0};
     int first = 1, failed = 0;
+    Py_BEGIN_ALLOW_THREADS  /* stat calls only, no Python objects: refreshing threads run at once */
     while (!failed) {
         const char *stop = memchr(rest, '\n', (size_t)(end - rest));
         if (!stop) stop = end;
@@ -104,10 +105,11 @@ static PyObject *full(PyObject *self, PyObject *args) {
         if (stop == end) break;
         rest = stop + 1;
     }
+    Py_END_ALLOW_THREADS
     Py_DECREF(run);
     Py_DECREF(watched);
     if (failed) {
-        PyMem_Free(out.data);
+        PyMem_RawFree(out.data);
         return PyErr_NoMemory();
     }
     return finish(&out);
