@@ -124,11 +124,16 @@ def _live(records: list[RunRecord], root: Path, offline: bool) -> list[RunRecord
 
 
 def _matching(root: Path, where: list[str]) -> set[str]:
-    """Ids of the runs whose config, results or record meet every condition, as in ``table``."""
-    from ..results.loader import load_runs  # pandas only when --where asks for it
+    """Ids of the runs whose config, results or record meet every condition, as in ``table``
+    (from the runs index's rows; a statistic it does not keep needs load_runs, and pandas)."""
+    from ..results.rowset import indexed, load_rowset
 
-    frame = load_runs(root, where=where, scalar_stats=scalar_stats_named(where))
-    return set(frame["run_id"])
+    stats = scalar_stats_named(where)
+    if indexed(None, "last", True, True, stats):
+        return set(load_rowset(root, set(), None, None, where, stats).values("run_id"))
+    from ..results.loader import load_runs
+
+    return set(load_runs(root, where=where, scalar_stats=stats)["run_id"])
 
 
 def _screenful(console: Console) -> int:
