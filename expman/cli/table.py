@@ -99,6 +99,7 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
 def _load(args: argparse.Namespace, root: Path) -> Any:
     """The runs the table is made of: from the runs index as plain rows when the options
     are the index's own (no pandas needed), else as a ``load_runs`` frame."""
+    from ..results.filters import where_names
     from ..results.rowset import indexed, load_rowset
 
     named = [args.value or "", *args.where]
@@ -108,7 +109,12 @@ def _load(args: argparse.Namespace, root: Path) -> Any:
     status = args.status or [RunStatus.SUCCEEDED]
     with Reporter(error_console()).bar("loading runs") as progress:
         if not args.list and indexed(parse, keep, not args.no_crc, not args.no_cache, stats):
-            return load_rowset(root, set(status), args.commit, args.branch, args.where, stats, progress, reruns=False)
+            # with --value named, only the columns named and the config's are read
+            named = [*_split(args.rows), *_split(args.cols), *_split(args.pool), *where_names(args.where)]
+            only = [args.value, *named] if args.value else None
+            return load_rowset(
+                root, set(status), args.commit, args.branch, args.where, stats, progress, reruns=False, only=only
+            )
         from ..results.loader import load_runs
 
         return load_runs(

@@ -126,6 +126,11 @@ def match_keys(keys: list[str], pattern: str) -> list[str]:
     return [k for k in keys if fnmatch.fnmatchcase(k, pattern) or fnmatch.fnmatchcase(k, f"*/{pattern}")]
 
 
+def where_names(items: Iterable[str]) -> list[str]:
+    """The column names "key=value" conditions name."""
+    return [condition.name for condition in parse_conditions(items)]
+
+
 def parse_conditions(items: Iterable[str] | Iterable[Condition]) -> list[Condition]:
     conditions = []
     for item in items:

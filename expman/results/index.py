@@ -354,6 +354,12 @@ class RunsIndex:
     # -- reading ----------------------------------------------------------------------------
 
     @_guarded
+    def keys(self) -> list[str]:
+        """Every column's key, in the order the columns were made."""
+        self._load_columns()
+        return list(self._columns)
+
+    @_guarded
     def select(
         self,
         where: str = "",

@@ -50,15 +50,25 @@ def load_rowset(
     stats: Sequence[str],
     progress: Any = None,
     reruns: bool = True,
+    only: Sequence[str] | None = None,
 ) -> RowSet:
-    """The rows ``load_runs`` would give with the default options, as plain lists."""
+    """The rows ``load_runs`` would give with the default options, as plain lists. With
+    ``only`` (names as a table names columns), just those columns and the config's (the
+    keys a table groups by) are read."""
     if not root.is_dir():
         raise UsageError(f"no runs root at {root}: not a directory; check the path (or --runs-root)")
     condition, params = runs_condition(statuses, commit, branch, reruns)
     suffixes = tuple(f":{stat}" for stat in stats)
     with RunsIndex(root) as index:
         index.refresh(progress=progress)
-        columns, rows = index.select(condition, params, lambda k: not k.startswith("tb:") or k.endswith(suffixes))
+        named = {resolve_column(index.keys(), name) for name in only} if only is not None else None
+
+        def wanted(key: str) -> bool:
+            if named is not None:
+                return key in named or key.startswith("config.")
+            return not key.startswith("tb:") or key.endswith(suffixes)
+
+        columns, rows = index.select(condition, params, wanted)
     for item in parse_conditions(where):
         rows = _matching(columns, rows, item)
     return RowSet(columns, rows)

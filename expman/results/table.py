@@ -99,13 +99,15 @@ def grouping_keys(
             continue
         if column in named or column in pool:
             continue
-        if len({hashable(v) for v in column_values(frame, column)}) > 1:
+        values = column_values(frame, column)
+        if len(set(values)) > 1 and len({hashable(v) for v in values}) > 1:  # the first test is quick
             keys.append(column)
     return keys
 
 
 def hashable(value: Any) -> Any:
-    return value if not isinstance(value, float) or not math.isnan(value) else None
+    """NaN as None, so that missing values group together (NaN is the one value unequal to itself)."""
+    return value if value == value else None
 
 
 def build_table(
