@@ -75,16 +75,19 @@ class Seen(NamedTuple):
     watched: str
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy"
+Kinds = tuple[list[str], list[str]]  # the keys of a row whose values are bools, and NaNs
 
 
-def _typed(row: dict[str, Any] | None) -> str | None:
-    """Which cells of a row are bools and which NaN (SQLite keeps them as 0/1 and NULL)."""
+def _kinds(row: dict[str, Any] | None) -> Kinds:
+    """Which cells of a row are bools and which NaN (SQLite keeps them as 0/1 and NULL). A
+    row's values are plain Python (read from JSON, or summaries made floats)."""
     if not row:
-        return None
-    bools = [k for k, v in row.items() if _is_bool(v)]
-    nans = [k for k, v in row.items() if isinstance(v, float) and v != v]
+        return [], []
+    return [k for k, v in row.items() if v is True or v is False], [k for k, v in row.items() if v != v]
+
+
+def _typed(kinds: Kinds) -> str | None:
+    bools, nans = kinds
     return orjson.dumps({"bool": bools, "nan": nans}).decode() if bools or nans else None
 
 
@@ -214,30 +217,27 @@ class RunsIndex:
             fresh = [r for r in rows if current.get(r[0]) == r[1]]
             self.db.executemany(
                 "INSERT OR REPLACE INTO files (run_id, quick, full, watched, record, typed) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (name, seen.quick, seen.full, seen.watched, record, _typed(row))
-                    for name, _, seen, record, row in fresh
-                ],
+                [(name, *seen, record, _typed(kinds)) for name, _, seen, record, _, kinds in fresh],
             )
             removed = [(name,) for name, before in gone.items() if current.get(name) == before]
             self.db.executemany("DELETE FROM files WHERE run_id = ?", removed)
             # run.json unreadable: the run is known (not reread until it changes) but has no row
-            unreadable = [(name,) for name, _, _, _, row in fresh if row is None]
+            unreadable = [(name,) for name, _, _, _, row, _ in fresh if row is None]
             self.db.executemany("DELETE FROM runs WHERE run_id = ?", removed + unreadable)
-            self._put([(name, row) for name, _, _, _, row in fresh if row is not None])
+            self._put([(name, row, kinds) for name, _, _, _, row, kinds in fresh if row is not None])
 
-    def _put(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    def _put(self, rows: list[tuple[str, dict[str, Any], Kinds]]) -> None:
         """Rows into ``runs``, one statement for all: a column per key, added as keys appear.
         A key the index cannot take (past SQLite's limit on columns) is left out of its row,
         which is flagged partial: one run's odd results never stop the others."""
         if not rows:
             return
-        rows = [(name, self._fit(row)) for name, row in rows]
-        self._note_kinds([row for _, row in rows])
+        rows = [(name, self._fit(row), kinds) for name, row, kinds in rows]
+        self._note_kinds(rows)
         keys = list(self._columns)
         names = ", ".join(quote(self._columns[k]) for k in keys)
         convert = self._value
-        values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row in rows]
+        values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row, _ in rows]
         sql = f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})"
         try:
             self.db.executemany(sql, values)
@@ -271,17 +271,17 @@ class RunsIndex:
             return orjson.dumps(value).decode()
         return value
 
-    def _note_kinds(self, rows: list[dict[str, Any]]) -> None:
+    def _note_kinds(self, rows: list[tuple[str, dict[str, Any], Kinds]]) -> None:
         """Flags each column for the kinds of value ``rows`` bring to it (see _BOOL)."""
-        for key in {k for row in rows for k, v in row.items() if _is_bool(v)}:
-            if not self._flags.get(key, 0) & _BOOL:
+        for key in {k for _, _, (bools, _) in rows for k in bools}:
+            if key in self._columns and not self._flags.get(key, 0) & _BOOL:
                 self._flag(key, _BOOL)
                 if self.db.execute(f"SELECT 1 FROM runs WHERE {quote(self._columns[key])} IS NOT NULL").fetchone():
                     self._flag(key, _OTHER)
         for key in [k for k, flags in self._flags.items() if flags & _BOOL and not flags & _OTHER]:
-            if any(not _is_bool(v) and v is not None for row in rows if (v := row.get(key)) is not None):
+            if any((v := row.get(key)) is not None and v is not True and v is not False for _, row, _ in rows):
                 self._flag(key, _OTHER)
-        for key in {k for row in rows for k, v in row.items() if isinstance(v, float) and v != v}:
+        for key in {k for _, _, (_, nans) in rows for k in nans}:
             if not self._flags.get(key, 0) & _NAN:
                 self._flag(key, _NAN)
 
@@ -563,7 +563,7 @@ def _read(root: str, names: list[str]) -> list[tuple]:
             record, row, parses_stdout = read_run(Path(run))
             if not parses_stdout:  # stdout.log matters only to a run that parses metrics from it
                 watched, full = _without_stdout(watched), _without_stdout(full)
-            rows.append((name, Seen(quick, full, watched), record, row))
+            rows.append((name, Seen(quick, full, watched), record, row, _kinds(row)))
     return rows
 
 
