@@ -22,12 +22,10 @@ appear; ``expman query`` reads it as it is.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import functools
 import math
-import multiprocessing
 import os
 import sqlite3
 import time
@@ -161,7 +159,7 @@ class RunsIndex:
         """Brings the index up to date with the run directories; returns how many runs were
         reread or dropped. ``full=False`` looks only at records (enough for a listing);
         ``only`` looks only at those runs."""
-        known = self._known(None if only is None else list(only))
+        known = self._known(None if only is None else list(only), full)
         names = _run_names(self.root) if only is None else {n for n in only if os.path.isdir(f"{self.root}/{n}")}
         stale = self._changed(names, known, full)
         gone = [n for n in known if n not in names]
@@ -184,9 +182,10 @@ class RunsIndex:
                     progress(done, len(stale))
         return len(stale) + len(gone)
 
-    def _known(self, names: list[str] | None = None) -> dict[str, Seen]:
-        """What the index saw of every run, or of the runs ``names``."""
-        sql = "SELECT run_id, quick, full, watched FROM files"
+    def _known(self, names: list[str] | None = None, full: bool = True) -> dict[str, Seen]:
+        """What the index saw of every run, or of the runs ``names``; with ``full=False`` only
+        the quick signatures (the rest None), all a listing compares."""
+        sql = f"SELECT run_id, quick, {'full, watched' if full else 'NULL, NULL'} FROM files"
         if names is None:
             return {row[0]: row[1:] for row in self.db.execute(sql)}
         known: dict[str, Seen] = {}
@@ -205,6 +204,8 @@ class RunsIndex:
         if workers == 1:
             return _changed(f"{self.root}/", names, known, full)
         parts = [names[i::workers] for i in range(workers)]
+        import concurrent.futures  # here: a listing of few runs starts without it
+
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             found = pool.map(lambda part: _changed(f"{self.root}/", part, known, full), parts)
         return sorted(name for part in found for name in part)
@@ -547,6 +548,8 @@ def _read_batches(root: str, names: list[str]) -> Iterator[list[tuple]]:
     if len(names) < _PARALLEL_FROM or workers < 2:
         yield from (_read(root, batch) for batch in batches)
         return
+    import multiprocessing  # here: only a first index of many runs needs it
+
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         yield from pool.imap(functools.partial(_read, root), batches)
 
