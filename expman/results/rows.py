@@ -20,7 +20,7 @@ from .cache import Cache, CachedScalars
 from .filters import resolve_column
 from .flatten import flatten_config, read_config, read_json, read_results
 from .options import DEFAULT_STATS
-from .scalars import RunScalars, event_files, file_signature, read_run_scalars, summarize
+from .scalars import RunScalars, event_files, file_signature, read_run_scalars, summaries
 from .stdout import extract
 
 RECORD_FIELDS = (
@@ -139,7 +139,7 @@ def _compute_derived(info: RunInfo, store: Cache, patterns: Any, files: list[Pat
         offsets = scalars.offsets
         for i, key in enumerate(scalars.keys):
             column = scalars.values[offsets[i] : offsets[i + 1]]
-            values.update({f"tb:{key}:{stat}": summarize(column, stat) for stat in stats})
+            values.update(zip((f"tb:{key}:{stat}" for stat in stats), summaries(column, stats), strict=True))
     values["partial"] = bool(problems)
     values["problems"] = "; ".join(problems) if problems else None
     return values

@@ -10,6 +10,7 @@ the points are ordered by step; ``keep="all"`` keeps every write in file order.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ def _assemble(columns: dict[str, tuple], problems: list[str]) -> RunScalars:
 _DTYPES = ((0, np.int64), (1, np.float64), (2, np.float64))
 
 
+@functools.lru_cache(maxsize=64)
 def parse_stat(text: str) -> tuple[str, int]:
     """'last' -> ('last', 0); 'mean_last_10' -> ('mean_last', 10)."""
     match = _STAT.fullmatch(text)
@@ -149,13 +151,28 @@ def parse_stat(text: str) -> tuple[str, int]:
 
 def summarize(values: np.ndarray, stat: str) -> float:
     """One number from a scalar's values (by step): last, max, min or mean_last_N."""
-    name, n = parse_stat(stat)
+    return summaries(values, (stat,))[0]
+
+
+def summaries(values: np.ndarray, stats: tuple[str, ...]) -> list[float]:
+    """``summarize`` for several statistics of one scalar, looking for NaN once (a run's
+    index row has four statistics of every scalar: numpy's calls cost more than their work)."""
     if not len(values):
-        return float("nan")
-    if name == "last":
-        return float(values[-1])
-    if name == "max":
-        return float(np.nanmax(values)) if not np.all(np.isnan(values)) else float("nan")
-    if name == "min":
-        return float(np.nanmin(values)) if not np.all(np.isnan(values)) else float("nan")
-    return float(np.mean(values[-n:])) if n else float("nan")
+        return [float("nan")] * len(stats)
+    missing = np.isnan(values)
+    every, some = bool(missing.all()), bool(missing.any())
+    out = []
+    for stat in stats:
+        name, n = parse_stat(stat)
+        if name == "last":
+            out.append(float(values[-1]))
+        elif name in ("max", "min"):
+            if every:
+                out.append(float("nan"))
+            elif some:
+                out.append(float(np.nanmax(values) if name == "max" else np.nanmin(values)))
+            else:
+                out.append(float(values.max() if name == "max" else values.min()))
+        else:
+            out.append(float(np.mean(values[-n:])) if n else float("nan"))
+    return out
