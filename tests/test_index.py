@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from expman.cli.main import main
-from expman.results import load_runs
+from expman.results import load_runs, load_scalars
 from expman.results.index import INDEX_DIR, RunsIndex
 from expman.results.rows import read_run
 
@@ -350,3 +350,12 @@ def test_one_run_with_odd_or_too_many_keys_leaves_the_others_readable(runs_root,
     assert main(["table", "--value", "acc", "--rows", "a", "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4
     assert load_runs(runs_root, cache=False)["results.per_class.c2099"][1] == 2099  # the files have them all
+
+
+def test_a_directory_named_like_an_event_file_is_no_event_file(runs_root):
+    run = make_run(runs_root, {"a": 1}, {"acc": 1})
+    (run / "output" / "tfevents").mkdir()
+    write_events(run / "output" / "tfevents", scalars("loss", range(3)))
+    frame = load_runs(runs_root)
+    assert frame["tb:tfevents/loss:last"][0] == 1.0 and not frame["partial"][0]
+    assert len(load_scalars(runs_root)) == 3

@@ -405,10 +405,7 @@ class RunsIndex:
         self._load_columns()  # another process may have added some since this one opened
         condition = f"WHERE {where}" if where else ""
         sql = f"SELECT run_id, f.watched FROM runs JOIN files f USING (run_id) {condition} ORDER BY run_id"
-        return [
-            (run_id, [p for p in watched.split("\n") if _EVENT_FILE_MARKER in p.rpartition("/")[2]])
-            for run_id, watched in self.db.execute(sql, list(params))
-        ]
+        return [(run_id, _event_paths(watched)) for run_id, watched in self.db.execute(sql, list(params))]
 
     @_guarded
     def records(
@@ -563,11 +560,16 @@ def _read(root: str, names: list[str]) -> list[tuple]:
         quick = _quick_signature(run)
         if quick is not None:  # stat before reading: a change made meanwhile shows next time
             watched, full = _watch(run)
-            record, row, parses_stdout = read_run(Path(run))
+            record, row, parses_stdout = read_run(Path(run), _event_paths(watched))
             if not parses_stdout:  # stdout.log matters only to a run that parses metrics from it
                 watched, full = _without_stdout(watched), _without_stdout(full)
             rows.append((name, Seen(quick, full, watched), record, row, _kinds(row)))
     return rows
+
+
+def _event_paths(watched: str) -> list[str]:
+    """The event files among ``_watch``'s paths (directories end in /)."""
+    return [p for p in watched.split("\n") if not p.endswith("/") and _EVENT_FILE_MARKER in p.rpartition("/")[2]]
 
 
 def _without_stdout(joined: str) -> str:
@@ -619,7 +621,7 @@ def _watch(run: str) -> tuple[str, str]:
             entries = sorted(os.scandir(prefix + relative), key=lambda e: e.name)
         except OSError:
             continue
-        paths.append(relative)
+        paths.append(relative + "/")  # a directory: never taken for an event file
         stats.append(stat)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):

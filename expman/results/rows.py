@@ -20,7 +20,7 @@ from .cache import Cache, CachedScalars
 from .filters import resolve_column
 from .flatten import flatten_config, read_config, read_json, read_results
 from .options import DEFAULT_STATS
-from .scalars import RunScalars, event_files, file_signature, read_run_scalars, summaries
+from .scalars import RunScalars, event_files, file_signature, order_event_files, read_run_scalars, summaries
 from .stdout import extract
 
 RECORD_FIELDS = (
@@ -61,7 +61,16 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     return list(seen) or ["run_id", *RECORD_FIELDS]
 
 
-def run_row(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], keep: str, check: bool) -> dict:
+def run_row(
+    info: RunInfo,
+    store: Cache,
+    patterns: Any,
+    stats: tuple[str, ...],
+    keep: str,
+    check: bool,
+    files: list[Path] | None = None,
+) -> dict:
+    """The run's row; ``files``: its event files when the caller has just listed them."""
     row: dict[str, Any] = {"run_id": info.run_id}
     row.update({name: info.record.get(name) for name in RECORD_FIELDS})
     git = info.record.get("git") or {}
@@ -80,7 +89,7 @@ def run_row(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], 
             patterns = compile_patterns(run_patterns(info.config))
         except ConfigError as exc:  # a run made by hand, say: the others still load
             patterns, problem = {}, f"config.json: {exc.message}"
-    row.update(_derived(info, store, patterns, stats, keep, check))
+    row.update(_derived(info, store, patterns, stats, keep, check, files))
     if problem:
         row["partial"], row["problems"] = True, "; ".join(filter(None, [problem, row.get("problems")]))
     return row
@@ -100,10 +109,12 @@ def _annotations(run: RunDir) -> dict[str, Any]:
     return row
 
 
-def _derived(info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], keep: str, check: bool) -> dict:
+def _derived(
+    info: RunInfo, store: Cache, patterns: Any, stats: tuple[str, ...], keep: str, check: bool, listed: Any = None
+) -> dict:
     """Results, parsed stdout and scalar summaries: the expensive part, cached per run."""
     run = info.run
-    files = event_files(run.output) if stats else []
+    files = (event_files(run.output) if listed is None else listed) if stats else []
     if not store.enabled:
         return _compute_derived(info, store, patterns, files, stats, keep, check)
     inputs = file_signature([p for p in (run.output / "results.json", run.stdout_log) if p.exists()], run.path)
@@ -180,11 +191,12 @@ def run_scalars(info: RunInfo, store: Cache, keep: str, check: bool, files: list
         return read_run_scalars(info.run.output, event_files(info.run.output), keep, check)
 
 
-def read_run(path: Path) -> tuple[bytes | None, dict[str, Any] | None, bool]:
+def read_run(path: Path, events: list[str] | None = None) -> tuple[bytes | None, dict[str, Any] | None, bool]:
     """What the runs index keeps of one run: run.json (compact), its row with the default
     scalar statistics, and whether the row depends on stdout.log (the run parses metrics
     from it); (None, None, False) when run.json cannot be read as a record. The results
-    cache is left alone: the index is this row's cache."""
+    cache is left alone: the index is this row's cache. ``events``: the run's event files,
+    relative to it, when the caller has just listed them."""
     run = RunDir(path)
     try:
         record = read_json(run.record)
@@ -193,5 +205,6 @@ def read_run(path: Path) -> tuple[bytes | None, dict[str, Any] | None, bool]:
     if not isinstance(record, dict):
         return None, None, False
     info = RunInfo(run, record, read_config(run.config))
-    row = run_row(info, Cache(path.parent, False), None, DEFAULT_STATS, "last", True)
+    files = None if events is None else order_event_files([path / e for e in events])
+    row = run_row(info, Cache(path.parent, False), None, DEFAULT_STATS, "last", True, files)
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS), row, bool(run_patterns(info.config))
