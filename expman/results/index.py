@@ -37,7 +37,7 @@ import orjson
 
 from ..errors import RunsIndexError
 
-FORMAT = 2  # in the file's name: a new format starts a new file
+FORMAT = 3  # in the file's name: a new format starts a new file
 INDEX_DIR = ".expman-index"
 LOCK_WAIT_S = 30.0
 # Column flags. SQLite keeps a bool as 0/1 and a NaN as NULL: which cells were which is noted
