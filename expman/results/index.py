@@ -73,6 +73,7 @@ class Seen(NamedTuple):
     watched: str
 
 
+_BOUND_AS_IS = {str, int, float, bool, type(None)}
 Kinds = tuple[list[str], list[str]]  # the keys of a row whose values are bools, and NaNs
 
 
@@ -237,9 +238,17 @@ class RunsIndex:
         self._note_kinds(rows)
         keys = list(self._columns)
         names = ", ".join(quote(self._columns[k]) for k in keys)
+        sql = f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})"
+        # SQLite binds these as they are (a bool as 1/0, a NaN as NULL); a numpy integer it would
+        # take for bytes, so a batch holding anything else goes the long way
+        if all(_BOUND_AS_IS.issuperset(map(type, row.values())) for _, row, _ in rows):
+            try:
+                self.db.executemany(sql, [[row.get(k) for k in keys] for _, row, _ in rows])
+                return
+            except (OverflowError, UnicodeEncodeError):
+                pass  # a big integer or a lone surrogate somewhere in the batch
         convert = self._value
         values = [[v if _plain(v) else convert(k, v) for k, v in ((k, row.get(k)) for k in keys)] for _, row, _ in rows]
-        sql = f"INSERT OR REPLACE INTO runs ({names}) VALUES ({', '.join('?' * len(keys))})"
         try:
             self.db.executemany(sql, values)
         except UnicodeEncodeError:  # a lone surrogate in some text: kept escaped, as \ud800
@@ -247,7 +256,7 @@ class RunsIndex:
 
     def _fit(self, row: dict[str, Any]) -> dict[str, Any]:
         """``row`` with its keys as the index can name columns, and a column for each."""
-        if any(k not in self._columns for k in row):
+        if not row.keys() <= self._columns.keys():
             row = {_clean(k): v for k, v in row.items()}
         left_out = [k for k in row if k not in self._columns and not self._column(k)]
         if not left_out:
