@@ -124,9 +124,9 @@ def _sweep_entry(plan: Plan, combination: Combination) -> dict[str, Any] | None:
 def _write_new_run(
     plan: Plan, run: RunDir, record: RunRecord, first: RunDir | None, spec: RunSpec, clock: Clock
 ) -> None:
-    """code.tar (a link to the first run's), config.json, then run.json (a run is listed once
-    it has one). A failure is recorded in the run and raised."""
-    try:
+    """code.tar (a link to the first run's), config.json, then run.json."""
+
+    def write() -> None:
         if first is not None:
             link_or_copy(first.code_tar, run.code_tar)
         else:
@@ -137,6 +137,15 @@ def _write_new_run(
             run.config.write_bytes(config)
         except OSError as exc:
             raise lifecycle.unwritable(run.config, exc) from None
+
+    fill_new_run(run, record, clock, write)
+
+
+def fill_new_run(run: RunDir, record: RunRecord, clock: Clock, write: Callable[[], None]) -> None:
+    """A new run's files (``write``), then its first record (a run is listed once it has
+    one). A failure is recorded in the run and raised."""
+    try:
+        write()
         lifecycle.create(run, record)
     except ExpmanError as exc:
         Recorder(run).end(record, RunStatus.FAILED, clock(), reason=exc.message)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..backends import make_backend
 from ..backends.base import Backend
-from ..errors import ExpmanError, RunCancelledError, UsageError
+from ..errors import RunCancelledError, UsageError
 from ..hostinfo import host_facts
 from ..progress import Reporter
 from ..results.compare import Entry, compare_runs, verdict
@@ -24,9 +24,8 @@ from ..results.rundiff import entry_line
 from ..rundir import lifecycle
 from ..rundir.files import link_or_copy
 from ..rundir.layout import Clock, RunDir, create_run_dir, utc_now
-from ..rundir.lifecycle import Recorder
 from ..rundir.record import ImageInfo, RunRecord, RunStatus, load_record
-from .create import submitter_of
+from .create import fill_new_run, submitter_of
 from .run import execute_runs
 
 RERUN_BACKENDS = ("local", "process")  # where a rerun is followed here and its outputs land here
@@ -105,16 +104,15 @@ def _create_rerun(
     config, and its first record (queued). A failure is recorded in the new run and raised."""
     run = create_run_dir(original.path.parent, clock)
     new = rerun_record(record, run.run_id, backend, argv, clock)
-    try:
+
+    def write() -> None:
         try:
             link_or_copy(original.code_tar, run.code_tar)
             run.config.write_bytes(original.config.read_bytes())
         except OSError as exc:
             raise lifecycle.unwritable(run.path, exc) from None
-        lifecycle.create(run, new)
-    except ExpmanError as exc:
-        Recorder(run).end(new, RunStatus.FAILED, clock(), reason=exc.message)
-        raise
+
+    fill_new_run(run, new, clock, write)
     return run, new
 
 
